@@ -1,0 +1,14 @@
+//! ferry: a durable store-and-forward MQTT bridge.
+//!
+//! Every message is on disk before ferry acknowledges it to the broker it
+//! came from, and leaves the disk only after the broker it goes to
+//! acknowledged it. See docs/architecture.md for the delivery chain.
+
+pub mod backoff;
+pub mod config;
+pub mod link;
+pub mod metrics;
+pub mod run;
+pub mod shutdown;
+pub mod store;
+pub mod topic;

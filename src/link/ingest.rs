@@ -1,0 +1,272 @@
+//! Ingest: source broker -> queue, acknowledged only once on disk.
+//!
+//! The connection task hands every PUBLISH it receives to this task. Here
+//! messages are routed (which route, which destination topic), appended to
+//! the queue in batches, and the batch is flushed to disk with one fsync
+//! (group commit). Only then is each message acknowledged to the source
+//! broker. A crash before the ack makes the broker deliver the message again:
+//! a duplicate, never a loss.
+//!
+//! Messages that cannot be stored yet stay *held*, unacknowledged, in order:
+//! the queue is full under the `block` policy, or the store failed (a full
+//! disk). The broker keeps everything after them; ingest retries until they
+//! fit. While held messages reach `held_max`, ingest stops reading, which
+//! stops the connection task reading the socket: backpressure all the way to
+//! the source broker.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Direction, Route};
+use crate::metrics as m;
+use crate::store::{Properties, Queue, Record, Store};
+
+use super::connection::ConnEvent;
+
+/// A received message on its way to disk.
+struct Pending {
+    epoch: u64,
+    /// What to acknowledge (QoS 1/2 only): pkid and QoS, payload dropped.
+    ack: Option<Publish>,
+    /// One record per matching route; empty once stored.
+    records: Vec<Record>,
+    stored: bool,
+}
+
+pub struct Ingest {
+    pub link: String,
+    pub direction: Direction,
+    pub routes: Vec<Route>,
+    pub store: Store,
+    pub queue: Queue,
+    pub events: mpsc::Receiver<ConnEvent>,
+    /// Cancelled by the link: finish the current batch, then stop.
+    pub shutdown: CancellationToken,
+    /// Cancelled by ingest when its last acks are queued: the connection closes.
+    pub connection_stop: CancellationToken,
+    pub held_max: usize,
+}
+
+struct State {
+    client: Option<(u64, AsyncClient)>,
+    held: VecDeque<Pending>,
+    /// Appended but the flush failed: must be flushed before any ack.
+    unflushed: bool,
+    blocked_since: Option<Instant>,
+}
+
+impl Ingest {
+    pub async fn run(mut self) {
+        let mut st = State { client: None, held: VecDeque::new(), unflushed: false, blocked_since: None };
+        let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        let mut retry = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            // Wait for work: a new event, or (when stuck) space or a retry tick.
+            let stuck = !st.held.is_empty();
+            let can_read = st.held.len() < self.held_max;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                ev = self.events.recv(), if can_read => match ev {
+                    Some(ev) => self.on_event(&mut st, ev).await,
+                    None => return,
+                },
+                _ = self.queue.space_freed().notified(), if stuck => {}
+                _ = tokio::time::sleep(retry.next_delay()), if stuck => {}
+            }
+            // Take everything else that is already waiting: one batch.
+            while st.held.len() < self.held_max {
+                match self.events.try_recv() {
+                    Ok(ev) => self.on_event(&mut st, ev).await,
+                    Err(_) => break,
+                }
+            }
+            let progressed = self.commit(&mut st).await;
+            if progressed {
+                retry.reset();
+            }
+            let blocked = !st.held.is_empty();
+            match (blocked, st.blocked_since) {
+                (true, None) => {
+                    st.blocked_since = Some(Instant::now());
+                    gauge!(m::INGEST_BLOCKED, &labels).set(1.0);
+                }
+                (false, Some(since)) => {
+                    st.blocked_since = None;
+                    gauge!(m::INGEST_BLOCKED, &labels).set(0.0);
+                    tracing::info!(link = %self.link, direction = %self.direction, held_for_s = since.elapsed().as_secs_f64(), "ingest resumed: messages stored again");
+                }
+                _ => {}
+            }
+        }
+        // Shutdown: whatever already arrived is committed and acknowledged
+        // once more if possible; the rest is redelivered by the broker.
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(&mut st, ev).await;
+        }
+        self.commit(&mut st).await;
+        if !st.held.is_empty() {
+            tracing::info!(link = %self.link, direction = %self.direction, held = st.held.len(), "stopping with unacknowledged messages; the source broker keeps them");
+        }
+        self.connection_stop.cancel();
+    }
+
+    async fn on_event(&mut self, st: &mut State, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Up { epoch, client } => st.client = Some((epoch, client)),
+            ConnEvent::Down { epoch } => {
+                if matches!(st.client, Some((e, _)) if e == epoch) {
+                    st.client = None;
+                }
+            }
+            ConnEvent::Packet { epoch, event: Event::Incoming(Packet::Publish(p)) } => {
+                let records = self.route(&p);
+                let ack = (p.qos != QoS::AtMostOnce).then(|| Publish {
+                    payload: Default::default(),
+                    topic: Default::default(),
+                    properties: None,
+                    ..p
+                });
+                if records.is_empty() {
+                    counter!(m::UNROUTED, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+                }
+                st.held.push_back(Pending { epoch, ack, records, stored: false });
+            }
+            ConnEvent::Packet { .. } => {}
+        }
+    }
+
+    /// The records a received message becomes: one per route it is for.
+    /// With subscription identifiers (MQTT v5) the broker says which
+    /// subscriptions matched; without them, every route whose filter matches.
+    fn route(&self, p: &Publish) -> Vec<Record> {
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            tracing::warn!(link = %self.link, direction = %self.direction, "ignoring a message whose topic is not UTF-8");
+            return Vec::new();
+        };
+        let ids: &[usize] = p.properties.as_ref().map(|pr| pr.subscription_identifiers.as_slice()).unwrap_or(&[]);
+        let received_at_ms = m::now_ms();
+        let properties = p.properties.as_ref().map(carry_properties).unwrap_or_default();
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| {
+                if ids.is_empty() {
+                    crate::topic::matches(r.source_filter(), topic)
+                } else {
+                    ids.contains(&(i + 1))
+                }
+            })
+            .filter_map(|(_, r)| {
+                let dest = r.map_to_dest(topic)?;
+                Some(Record {
+                    topic: dest,
+                    payload: p.payload.to_vec(),
+                    qos: r.qos,
+                    retain: p.retain,
+                    received_at_ms,
+                    properties: properties.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores what is held (append, then one flush) and acknowledges what
+    /// is on disk. Returns whether anything moved.
+    async fn commit(&mut self, st: &mut State) -> bool {
+        let started = Instant::now();
+        let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        // 1. Append the held records that are not stored yet (a suffix of held).
+        let first_unstored = st.held.iter().position(|p| !p.stored).unwrap_or(st.held.len());
+        let batch: Vec<Record> = st.held.iter().skip(first_unstored).flat_map(|p| p.records.iter().cloned()).collect();
+        let mut appended = 0usize;
+        if first_unstored < st.held.len() {
+            let queue = self.queue.clone();
+            let n = batch.len();
+            let result = tokio::task::spawn_blocking(move || queue.append(&batch)).await;
+            match result {
+                Ok(Ok(outcome)) => {
+                    // `refused` records at the tail were not stored (block).
+                    let mut consumed = n - outcome.refused;
+                    for p in st.held.iter_mut().skip(first_unstored) {
+                        if p.records.len() > consumed {
+                            // Part of a multi-route message fit: keep the rest.
+                            p.records.drain(..consumed);
+                            break;
+                        }
+                        consumed -= p.records.len();
+                        p.records = Vec::new();
+                        p.stored = true;
+                        appended += 1;
+                    }
+                    if appended > 0 {
+                        st.unflushed = true;
+                    }
+                }
+                Ok(Err(e)) => {
+                    counter!(m::STORE_ERRORS, &labels).increment(1);
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, held = st.held.len(), "cannot store messages; holding them unacknowledged and retrying");
+                    return false;
+                }
+                Err(join) => {
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %join, "store task failed");
+                    return false;
+                }
+            }
+        }
+        // 2. One flush for the whole batch: the group commit.
+        if st.unflushed {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => st.unflushed = false,
+                Ok(Err(e)) => {
+                    counter!(m::STORE_ERRORS, &labels).increment(1);
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot flush the store; messages stay unacknowledged, retrying");
+                    return appended > 0;
+                }
+                Err(join) => {
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %join, "flush task failed");
+                    return appended > 0;
+                }
+            }
+            histogram!(m::COMMIT_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+            histogram!(m::COMMIT_BATCH, &labels).record(appended as f64);
+        }
+        tracing::debug!(link = %self.link, direction = %self.direction, appended, held = st.held.len(), "committed");
+        // 3. Acknowledge what is durable, in order of arrival.
+        let mut acked = 0usize;
+        while st.held.front().is_some_and(|p| p.stored) {
+            let Some(p) = st.held.pop_front() else { break };
+            acked += 1;
+            let (Some(ack), Some((epoch, client))) = (&p.ack, &st.client) else { continue };
+            if *epoch != p.epoch {
+                continue; // a previous connection's message: the broker resends it
+            }
+            if let Err(e) = client.ack(ack).await {
+                tracing::debug!(link = %self.link, error = %e, "ack not sent: connection closing");
+            }
+        }
+        tracing::debug!(link = %self.link, direction = %self.direction, acked, client = st.client.is_some(), "acknowledged");
+        appended > 0 || acked > 0
+    }
+}
+
+/// The v5 properties worth carrying to the destination. Topic aliases and
+/// subscription identifiers belong to one connection and are not copied.
+fn carry_properties(p: &rumqttc::v5::mqttbytes::v5::PublishProperties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: p.user_properties.clone(),
+        content_type: p.content_type.clone(),
+    }
+}

@@ -1,0 +1,90 @@
+//! The `ferry` command line: `run` the bridge, `check` a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ferry::config::Config;
+
+/// ferry: a durable store-and-forward MQTT bridge.
+///
+/// ferry runs beside a hub broker and bridges it to many edge brokers. Every
+/// message is written to disk before it is acknowledged to the broker it came
+/// from, and removed only after the broker it goes to acknowledged it: an edge
+/// that is away for hours, or ferry killed -9, loses nothing.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bridge until SIGTERM or SIGINT.
+    ///
+    /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=ferry=debug) for more.
+    /// Metrics are served at http://<metrics.listen>/metrics.
+    Run {
+        /// The configuration file (TOML). See docs/configuration.md.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print the links and routes ferry understood.
+    ///
+    /// Exits 1 with `file:line:column: what is wrong` on a bad file. Starts
+    /// nothing and touches no broker or data_dir.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.summary());
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ferry::run::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=off"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

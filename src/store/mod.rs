@@ -1,0 +1,315 @@
+//! The queue store: one durable FIFO per link and direction.
+//!
+//! # Invariants
+//! For every queue, at every moment and across any crash:
+//! - `received == forwarded + dropped_total + depth.messages`;
+//! - the depth counters equal what is in the tree;
+//! - sequence numbers only grow and are never reused, so replay order is
+//!   arrival order.
+//!
+//! # On-disk layout
+//! One sled database at `<data_dir>/store`. Each queue is one sled tree named
+//! `queue/<name>` (ferry names queues `<link>/<out|in>`). In a tree:
+//! - record keys are 8-byte big-endian sequence numbers; values are records
+//!   encoded by [`record`]: format byte, CRC32, bincode 2 body;
+//! - one meta entry under a 9-byte key of `0xff` (after every record key)
+//!   holds next_seq, depth (messages, bytes) and the totals received,
+//!   forwarded and dropped per reason, encoded the same way.
+//!
+//! Every mutation (an append batch, an ack batch, a drop) changes records and
+//! the meta entry in **one** atomic `sled::Batch`, so the invariants hold
+//! whatever moment a crash picks. Depth is read from the counters, never by
+//! scanning (sled's `len()` is O(n)).
+//!
+//! # Protocol
+//! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one fsync for
+//!   the batch: group commit), and only then acknowledge the source;
+//! - drain: [`Queue::read`] from a cursor, publish, and [`Queue::ack`] what
+//!   the destination acknowledged. Acks need no flush: an ack lost in a crash
+//!   means the message is sent again (a duplicate, never a loss);
+//! - limits are applied inside `append` under one lock, with the overflow
+//!   policy; every drop is counted with its [`DropReason`].
+//!
+//! The store depends on nothing else in ferry, so tests, fuzzing and
+//! benchmarks drive it alone.
+
+mod queue;
+pub mod record;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use queue::Queue;
+
+/// What a queue does when a bound is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Refuse new messages; the caller holds them unacknowledged.
+    Block,
+    /// Remove the oldest messages to make room.
+    DropOldest,
+    /// Drop the new message.
+    DropNew,
+}
+
+/// Why a message left a queue without being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    Overflow,
+    Expired,
+    TooLarge,
+    Rejected,
+    Corrupt,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] =
+        [DropReason::Overflow, DropReason::Expired, DropReason::TooLarge, DropReason::Rejected, DropReason::Corrupt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overflow => "overflow",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+            DropReason::Rejected => "rejected",
+            DropReason::Corrupt => "corrupt",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// MQTT v5 publish properties carried from source to destination.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Properties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Vec<u8>>,
+    pub user_properties: Vec<(String, String)>,
+    pub content_type: Option<String>,
+}
+
+/// One queued message, as the destination will get it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub received_at_ms: u64,
+    pub properties: Properties,
+}
+
+/// A record with its place in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub record: Record,
+}
+
+/// Bounds of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Stored bytes; 0 = no bound.
+    pub max_bytes: u64,
+    /// Messages; 0 = no bound.
+    pub max_messages: u64,
+    pub overflow: Overflow,
+    pub ttl: Option<Duration>,
+}
+
+impl QueueLimits {
+    pub const UNBOUNDED: QueueLimits =
+        QueueLimits { max_bytes: 0, max_messages: 0, overflow: Overflow::Block, ttl: None };
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Lifetime totals of a queue, persisted with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub received: u64,
+    pub forwarded: u64,
+    /// Indexed by `DropReason as usize`.
+    pub dropped: [u64; 5],
+}
+
+impl Totals {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}
+
+/// What [`Queue::append`] did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Stored.
+    pub accepted: usize,
+    /// Not stored and counted as dropped: `drop-new`, or larger than the queue.
+    pub dropped_new: usize,
+    /// Older entries removed to make room (`drop-oldest`).
+    pub evicted: usize,
+    /// Under `block`: this many records at the end of the batch were not
+    /// stored and not counted; the caller keeps them and must not ack them.
+    pub refused: usize,
+}
+
+/// The persisted counters of a queue (the meta entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Meta {
+    pub next_seq: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub received: u64,
+    pub forwarded: u64,
+    pub dropped: [u64; 5],
+}
+
+/// Errors of the store; their text says what, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: the store is in use by another process (is another ferry running with this data_dir?)")]
+    Locked { path: PathBuf },
+    #[error("{path}: the store is damaged ({detail}); move it aside (mv {path} {path}.damaged) to start with empty queues")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path}: cannot create the data directory: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("{path}: write failed: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: store error: {detail}")]
+    Other { path: PathBuf, detail: String },
+}
+
+impl StoreError {
+    /// True when the disk (or the quota) is full: retry later.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } | StoreError::CreateDir { source, .. } => {
+                source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
+
+    fn from_sled(path: &Path, e: sled::Error) -> StoreError {
+        let path = path.to_path_buf();
+        match e {
+            sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => StoreError::Locked { path },
+            sled::Error::Io(source) => StoreError::Io { path, source },
+            sled::Error::Corruption { at, .. } => {
+                StoreError::Damaged { path, detail: format!("corruption detected at {at:?}") }
+            }
+            other => StoreError::Other { path, detail: other.to_string() },
+        }
+    }
+}
+
+/// The sled database holding every queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    db: sled::Db,
+    path: PathBuf,
+    queues: Mutex<HashMap<String, Queue>>,
+}
+
+/// How long `open` waits for a lock held by a store that is closing.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// sled's page cache, unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        let path = data_dir.join("store");
+        let config = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput);
+        // sled releases its file lock from background threads shortly after
+        // the previous owner closed it (a restart, a test reopening): wait a
+        // little before calling the directory taken.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(|e| StoreError::from_sled(&path, e)) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
+        Ok(Store { inner: Arc::new(StoreInner { db, path, queues: Mutex::new(HashMap::new()) }) })
+    }
+
+    /// The directory of the sled database.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Opens (or creates) the queue `name`. Asking twice returns the same
+    /// queue, with the new limits.
+    pub fn queue(&self, name: &str, limits: QueueLimits) -> Result<Queue, StoreError> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = queues.get(name) {
+            q.set_limits(limits);
+            return Ok(q.clone());
+        }
+        let tree = self.inner.db.open_tree(tree_name(name)).map_err(|e| self.error(e))?;
+        let q = Queue::open(name, tree, limits, self.inner.path.clone())?;
+        queues.insert(name.to_string(), q.clone());
+        Ok(q)
+    }
+
+    /// Makes every earlier append and ack durable (fsync). Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e))
+    }
+
+    /// Names of the queues in the database, opened or not.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.inner
+            .db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| std::str::from_utf8(&n).ok().and_then(|s| s.strip_prefix("queue/")).map(str::to_string))
+            .collect()
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.inner.path, e)
+    }
+}
+
+fn tree_name(queue: &str) -> String {
+    format!("queue/{queue}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! One queue: a sled tree of records keyed by sequence number, plus its
+//! meta entry, changed together in atomic batches under one lock.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::record::{self, decode_meta, encode_meta};
+use super::{AppendOutcome, Depth, DropReason, Entry, Meta, Overflow, QueueLimits, Record, StoreError, Totals};
+
+/// Sorts after every 8-byte record key.
+const META_KEY: [u8; 9] = [0xff; 9];
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// A durable FIFO queue. Cheap to clone; all clones are the same queue.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    tree: sled::Tree,
+    path: PathBuf,
+    state: Mutex<State>,
+    appended: Notify,
+    space_freed: Notify,
+}
+
+struct State {
+    meta: Meta,
+    limits: QueueLimits,
+}
+
+impl State {
+    fn full_for(&self, meta: &Meta, size: u64) -> bool {
+        let l = &self.limits;
+        (l.max_messages > 0 && meta.messages + 1 > l.max_messages) || (l.max_bytes > 0 && meta.bytes + size > l.max_bytes)
+    }
+}
+
+impl Queue {
+    pub(super) fn open(name: &str, tree: sled::Tree, limits: QueueLimits, path: PathBuf) -> Result<Queue, StoreError> {
+        let err = |e| StoreError::from_sled(&path, e);
+        let stored = tree.get(META_KEY).map_err(err)?;
+        let meta = match stored.as_deref().map(decode_meta) {
+            Some(Ok(meta)) => Some(meta),
+            Some(Err(e)) => {
+                tracing::warn!(queue = name, error = %e, "queue counters unreadable; rebuilding them from the records");
+                None
+            }
+            None => None,
+        };
+        let mut meta = match meta {
+            Some(m) => m,
+            None => rebuild_meta(&tree).map_err(err)?,
+        };
+        // Never reuse a sequence number, whatever the counters say.
+        if let Some(last) = last_seq(&tree).map_err(err)? {
+            meta.next_seq = meta.next_seq.max(last + 1);
+        }
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                tree,
+                path,
+                state: Mutex::new(State { meta, limits }),
+                appended: Notify::new(),
+                space_freed: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.lock().limits
+    }
+
+    pub fn set_limits(&self, limits: QueueLimits) {
+        self.lock().limits = limits;
+        self.inner.space_freed.notify_one();
+    }
+
+    /// Appends records in order, applying the limits. Not durable until
+    /// `Store::flush`. On error nothing changed.
+    pub fn append(&self, records: &[Record]) -> Result<AppendOutcome, StoreError> {
+        let mut st = self.lock();
+        let mut meta = st.meta.clone();
+        let mut batch = sled::Batch::default();
+        let mut out = AppendOutcome::default();
+        // Oldest entries first, for drop-oldest: those already in the tree,
+        // then those added by this batch.
+        let mut old = self.inner.tree.range(key(0)..key(u64::MAX));
+        let mut added: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut evicted_old: BTreeSet<u64> = BTreeSet::new();
+        'records: for (i, r) in records.iter().enumerate() {
+            let value = record::encode(r);
+            let size = value.len() as u64;
+            if st.limits.max_bytes > 0 && size > st.limits.max_bytes {
+                meta.received += 1;
+                meta.dropped[DropReason::TooLarge as usize] += 1;
+                out.dropped_new += 1;
+                continue;
+            }
+            while st.full_for(&meta, size) {
+                match st.limits.overflow {
+                    Overflow::Block => {
+                        out.refused = records.len() - i;
+                        break 'records;
+                    }
+                    Overflow::DropNew => {
+                        meta.received += 1;
+                        meta.dropped[DropReason::Overflow as usize] += 1;
+                        out.dropped_new += 1;
+                        continue 'records;
+                    }
+                    Overflow::DropOldest => {
+                        let victim = match old.next() {
+                            Some(item) => {
+                                let (k, v) = item.map_err(|e| self.error(e))?;
+                                seq_of(&k).map(|s| (s, v.len() as u64))
+                            }
+                            None => added.pop_front(),
+                        };
+                        let Some((seq, bytes)) = victim else { break };
+                        batch.remove(&key(seq));
+                        evicted_old.insert(seq);
+                        meta.messages -= 1;
+                        meta.bytes -= bytes;
+                        meta.dropped[DropReason::Overflow as usize] += 1;
+                        out.evicted += 1;
+                    }
+                }
+            }
+            let seq = meta.next_seq;
+            meta.next_seq += 1;
+            meta.messages += 1;
+            meta.bytes += size;
+            meta.received += 1;
+            batch.insert(&key(seq), value);
+            added.push_back((seq, size));
+            out.accepted += 1;
+        }
+        // A record added and evicted in the same batch was never stored.
+        out.accepted -= evicted_old.iter().filter(|s| **s >= st.meta.next_seq).count();
+        batch.insert(&META_KEY, encode_meta(&meta));
+        self.inner.tree.apply_batch(batch).map_err(|e| self.error(e))?;
+        st.meta = meta;
+        drop(st);
+        if out.accepted > 0 {
+            self.inner.appended.notify_one();
+        }
+        if out.evicted > 0 {
+            self.inner.space_freed.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` entries with `seq >= from_seq`, in order. A record that
+    /// fails to decode is removed, counted as dropped (corrupt) and logged.
+    pub fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::with_capacity(max.min(1024));
+        let mut corrupt = Vec::new();
+        for item in self.inner.tree.range(key(from_seq)..key(u64::MAX)) {
+            if entries.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.error(e))?;
+            let Some(seq) = seq_of(&k) else { continue };
+            match record::decode(&v) {
+                Ok(record) => entries.push(Entry { seq, record }),
+                Err(e) => {
+                    tracing::error!(queue = %self.inner.name, seq, error = %e, "damaged record removed (counted as dropped, reason=corrupt)");
+                    corrupt.push(seq);
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            self.drop_entries(&corrupt, DropReason::Corrupt)?;
+        }
+        Ok(entries)
+    }
+
+    pub fn first_seq(&self) -> Option<u64> {
+        self.inner.tree.range(key(0)..key(u64::MAX)).next().and_then(|r| r.ok()).and_then(|(k, _)| seq_of(&k))
+    }
+
+    /// Removes delivered entries (those still present) and counts them as
+    /// forwarded. Returns how many were removed.
+    pub fn ack(&self, seqs: &[u64]) -> Result<usize, StoreError> {
+        self.remove(seqs, None)
+    }
+
+    /// Removes entries without delivery, counted as dropped for `reason`.
+    pub fn drop_entries(&self, seqs: &[u64], reason: DropReason) -> Result<usize, StoreError> {
+        self.remove(seqs, Some(reason))
+    }
+
+    fn remove(&self, seqs: &[u64], reason: Option<DropReason>) -> Result<usize, StoreError> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+        let mut st = self.lock();
+        let mut meta = st.meta.clone();
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for seq in unique {
+            let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? else { continue };
+            batch.remove(&key(seq));
+            meta.messages -= 1;
+            meta.bytes -= v.len() as u64;
+            match reason {
+                None => meta.forwarded += 1,
+                Some(r) => meta.dropped[r as usize] += 1,
+            }
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        batch.insert(&META_KEY, encode_meta(&meta));
+        self.inner.tree.apply_batch(batch).map_err(|e| self.error(e))?;
+        st.meta = meta;
+        drop(st);
+        self.inner.space_freed.notify_one();
+        Ok(removed)
+    }
+
+    /// With a TTL: drops entries from the head received at least TTL ago
+    /// (at most 10,000 per call, to keep the lock short).
+    pub fn expire(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let Some(ttl) = self.lock().limits.ttl else { return Ok(0) };
+        let ttl_ms = ttl.as_millis() as u64;
+        let mut expired = Vec::new();
+        let mut corrupt = Vec::new();
+        for item in self.inner.tree.range(key(0)..key(u64::MAX)).take(10_000) {
+            let (k, v) = item.map_err(|e| self.error(e))?;
+            let Some(seq) = seq_of(&k) else { continue };
+            match record::decode(&v) {
+                Ok(r) if r.received_at_ms.saturating_add(ttl_ms) <= now_ms => expired.push(seq),
+                Ok(_) => break,
+                Err(_) => corrupt.push(seq),
+            }
+        }
+        if !corrupt.is_empty() {
+            self.drop_entries(&corrupt, DropReason::Corrupt)?;
+        }
+        self.drop_entries(&expired, DropReason::Expired)
+    }
+
+    pub fn depth(&self) -> Depth {
+        let st = self.lock();
+        Depth { messages: st.meta.messages, bytes: st.meta.bytes }
+    }
+
+    pub fn totals(&self) -> Totals {
+        let st = self.lock();
+        Totals { received: st.meta.received, forwarded: st.meta.forwarded, dropped: st.meta.dropped }
+    }
+
+    /// Depth and totals from one instant (for exporting the invariant).
+    pub fn stats(&self) -> (Depth, Totals) {
+        let st = self.lock();
+        let m = &st.meta;
+        (Depth { messages: m.messages, bytes: m.bytes }, Totals { received: m.received, forwarded: m.forwarded, dropped: m.dropped })
+    }
+
+    pub fn oldest_received_at_ms(&self) -> Option<u64> {
+        let (_, v) = self.inner.tree.range(key(0)..key(u64::MAX)).next()?.ok()?;
+        record::decode(&v).ok().map(|r| r.received_at_ms)
+    }
+
+    /// False while a bound is reached (a `block` queue refuses appends).
+    pub fn has_space(&self) -> bool {
+        let st = self.lock();
+        !st.full_for(&st.meta, 0)
+    }
+
+    /// Notified (one permit) after an append stored something.
+    pub fn appended(&self) -> &Notify {
+        &self.inner.appended
+    }
+
+    /// Notified (one permit) after entries were removed.
+    pub fn space_freed(&self) -> &Notify {
+        &self.inner.space_freed
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, e: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.inner.path, e)
+    }
+}
+
+fn last_seq(tree: &sled::Tree) -> sled::Result<Option<u64>> {
+    match tree.range(key(0)..key(u64::MAX)).next_back() {
+        Some(item) => Ok(seq_of(&item?.0)),
+        None => Ok(None),
+    }
+}
+
+/// Counters for a tree without a readable meta entry: what is there now.
+/// Lifetime totals before this moment are unknown; received starts as depth.
+fn rebuild_meta(tree: &sled::Tree) -> sled::Result<Meta> {
+    let mut meta = Meta::default();
+    for item in tree.range(key(0)..key(u64::MAX)) {
+        let (k, v) = item?;
+        if let Some(seq) = seq_of(&k) {
+            meta.messages += 1;
+            meta.bytes += v.len() as u64;
+            meta.next_seq = seq + 1;
+        }
+    }
+    meta.received = meta.messages;
+    Ok(meta)
+}

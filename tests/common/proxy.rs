@@ -1,0 +1,193 @@
+//! A TCP proxy that can go silent, for fault tests.
+//!
+//! Put it between ferry and a broker; `set_silent(true)` then behaves like a
+//! peer that lost power or a network partition: the sockets stay open, no FIN,
+//! no RST, but no byte passes in either direction (they wait, unread, until
+//! `set_silent(false)`, as TCP would retransmit them once the path heals).
+//! Connections accepted while silent are held too: the TCP handshake with the
+//! proxy completes, but nothing reaches the target until the proxy resumes.
+//! `kill_connections()` closes every connection (FIN to both sides).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::free_port;
+
+pub struct SilentProxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    silent: watch::Sender<bool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accepted: Arc<AtomicU64>,
+    accept_task: JoinHandle<()>,
+}
+
+impl SilentProxy {
+    /// Listens on a free loopback port and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> SilentProxy {
+        let mut last_error = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let (silent, silent_rx) = watch::channel(false);
+            let connections = Arc::new(Mutex::new(Vec::new()));
+            let accepted = Arc::new(AtomicU64::new(0));
+            let accept_task = tokio::spawn(accept_loop(
+                listener,
+                target,
+                silent_rx,
+                connections.clone(),
+                accepted.clone(),
+            ));
+            return SilentProxy {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                target,
+                silent,
+                connections,
+                accepted,
+                accept_task,
+            };
+        }
+        panic!("SilentProxy: cannot listen on a free port: {last_error}");
+    }
+
+    /// Where clients connect: `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// `true`: stop passing bytes (sockets stay open); `false`: pass them again,
+    /// including those held meanwhile.
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.send_replace(silent);
+    }
+
+    pub fn is_silent(&self) -> bool {
+        *self.silent.borrow()
+    }
+
+    /// Closes every current connection (both sides see the socket close).
+    pub fn kill_connections(&self) {
+        for connection in self.lock_connections().drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Connections accepted since the start.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections currently open (or held).
+    pub fn open_connections(&self) -> usize {
+        let mut connections = self.lock_connections();
+        connections.retain(|c| !c.is_finished());
+        connections.len()
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.kill_connections();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    silent: watch::Receiver<bool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accepted: Arc<AtomicU64>,
+) {
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(_) => {
+                // e.g. out of file descriptors: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        accepted.fetch_add(1, Ordering::SeqCst);
+        let task = tokio::spawn(forward(client, target, silent.clone()));
+        let mut connections = connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        connections.retain(|c| !c.is_finished());
+        connections.push(task.abort_handle());
+    }
+}
+
+/// Connects to the target (once not silent) and copies bytes both ways.
+async fn forward(client: TcpStream, target: SocketAddr, mut silent: watch::Receiver<bool>) {
+    if !wait_until_audible(&mut silent).await {
+        return;
+    }
+    let Ok(upstream) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    tokio::join!(
+        pump(client_read, upstream_write, silent.clone()),
+        pump(upstream_read, client_write, silent),
+    );
+}
+
+/// Copies one direction, holding the bytes while the proxy is silent.
+/// On end of stream, passes the half-close (FIN) on.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut silent: watch::Receiver<bool>) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        if !wait_until_audible(&mut silent).await {
+            return;
+        }
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        // Silence may have begun while we waited for these bytes: hold them.
+        if !wait_until_audible(&mut silent).await {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Waits while the proxy is silent; false when the proxy is gone.
+async fn wait_until_audible(silent: &mut watch::Receiver<bool>) -> bool {
+    silent.wait_for(|is_silent| !*is_silent).await.is_ok()
+}
