@@ -722,7 +722,8 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
     };
     layer.keepalive = problems
         .take_optional(&raw.keepalive_secs, |raw| {
-            let secs = integer_in("keepalive_secs", raw, 1..=65535, " seconds")?;
+            // rumqttc refuses keepalives under 5 s (it panics), so the config does.
+            let secs = integer_in("keepalive_secs", raw, 5..=65535, " seconds")?;
             Ok(placed(Duration::from_secs(secs), raw.span()))
         })
         .flatten();
@@ -1768,11 +1769,11 @@ remote = "#"
         let cases = [
             (
                 "keepalive_secs = 0",
-                "keepalive_secs must be between 1 and 65535 seconds, got 0",
+                "keepalive_secs must be between 5 and 65535 seconds, got 0",
             ),
             (
                 "keepalive_secs = 65536",
-                "keepalive_secs must be between 1 and 65535",
+                "keepalive_secs must be between 5 and 65535",
             ),
             ("inflight = 0", "inflight must be between 1 and 65535"),
             (

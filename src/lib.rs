@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod fault;
 pub mod link;
 pub mod metrics;
 pub mod run;

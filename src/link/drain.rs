@@ -26,13 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Direction;
 use crate::metrics as m;
-use crate::store::{DropReason, Entry, Queue, Record};
+use crate::store::{DropReason, Entry, Queue, Record, Store};
 
 use super::connection::ConnEvent;
 
 pub struct Drain {
     pub link: String,
     pub direction: Direction,
+    pub store: Store,
     pub queue: Queue,
     pub window: usize,
     pub ttl: Option<Duration>,
@@ -60,6 +61,8 @@ struct Window {
     inflight: HashMap<u16, Sent>,
     /// Highest sequence number published by this process (redelivery count).
     highest_sent: Option<u64>,
+    /// Deliveries by this task (for fault injection in tests).
+    delivered_count: u64,
     delivered: Vec<Sent>,
     rejected: Vec<u64>,
 }
@@ -170,6 +173,8 @@ impl Drain {
         }
         let delivered = std::mem::take(&mut w.delivered);
         let rejected = std::mem::take(&mut w.rejected);
+        w.delivered_count += delivered.len() as u64;
+        crate::fault::after_delivery(&self.link, w.delivered_count);
         let now = m::now_ms();
         let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
         for s in &delivered {
@@ -177,9 +182,15 @@ impl Drain {
         }
         let seqs: Vec<u64> = delivered.iter().map(|s| s.seq).collect();
         let queue = self.queue.clone();
+        let store = self.store.clone();
+        // Removals are group-committed like appends: one flush for every
+        // ack that arrived meanwhile. A crash then resends at most the
+        // window in flight plus this one batch, not everything acked since
+        // sled's last background flush.
         let result = tokio::task::spawn_blocking(move || {
             queue.ack(&seqs)?;
-            queue.drop_entries(&rejected, DropReason::Rejected)
+            queue.drop_entries(&rejected, DropReason::Rejected)?;
+            store.flush()
         })
         .await;
         match result {

@@ -169,6 +169,7 @@ pub fn spawn_tasks(
         let drain = drain::Drain {
             link: link.name.clone(),
             direction,
+            store: store.clone(),
             queue: queue.clone(),
             window: link.inflight as usize,
             ttl: link.message_ttl,

@@ -38,6 +38,7 @@ pub mod record;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -187,7 +188,7 @@ pub enum StoreError {
     Damaged { path: PathBuf, detail: String },
     #[error("{path}: cannot create the data directory: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("{path}: write failed: {source}")]
+    #[error("{path}: {}", describe_io(source))]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: store error: {detail}")]
     Other { path: PathBuf, detail: String },
@@ -198,13 +199,15 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } | StoreError::CreateDir { source, .. } => {
-                source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
+                source.raw_os_error() == Some(28)
+                    || source.kind() == std::io::ErrorKind::StorageFull
+                    || source.to_string().contains("code: 28")
             }
             _ => false,
         }
     }
 
-    fn from_sled(path: &Path, e: sled::Error) -> StoreError {
+    pub(crate) fn from_sled(path: &Path, e: sled::Error) -> StoreError {
         let path = path.to_path_buf();
         match e {
             sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => StoreError::Locked { path },
@@ -214,6 +217,15 @@ impl StoreError {
             }
             other => StoreError::Other { path, detail: other.to_string() },
         }
+    }
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull || text.contains("code: 28") {
+        "write failed: the disk is full (no space left on device); free space on this filesystem".to_string()
+    } else {
+        format!("write failed: {text}")
     }
 }
 
@@ -227,6 +239,9 @@ struct StoreInner {
     db: sled::Db,
     path: PathBuf,
     queues: Mutex<HashMap<String, Queue>>,
+    /// Set by any failed sled operation. sled refuses every operation after
+    /// an I/O error (e.g. a full disk) until the database is opened again.
+    poisoned: Arc<AtomicBool>,
 }
 
 /// How long `open` waits for a lock held by a store that is closing.
@@ -261,7 +276,9 @@ impl Store {
                 other => break other?,
             }
         };
-        Ok(Store { inner: Arc::new(StoreInner { db, path, queues: Mutex::new(HashMap::new()) }) })
+        Ok(Store {
+            inner: Arc::new(StoreInner { db, path, queues: Mutex::new(HashMap::new()), poisoned: Arc::new(AtomicBool::new(false)) }),
+        })
     }
 
     /// The directory of the sled database.
@@ -278,7 +295,7 @@ impl Store {
             return Ok(q.clone());
         }
         let tree = self.inner.db.open_tree(tree_name(name)).map_err(|e| self.error(e))?;
-        let q = Queue::open(name, tree, limits, self.inner.path.clone())?;
+        let q = Queue::open(name, tree, limits, self.inner.path.clone(), self.inner.poisoned.clone())?;
         queues.insert(name.to_string(), q.clone());
         Ok(q)
     }
@@ -302,7 +319,14 @@ impl Store {
         self.inner.db.size_on_disk().map_err(|e| self.error(e))
     }
 
+    /// True after a failed write: sled now refuses every operation, and the
+    /// store must be dropped and opened again (`ferry run` does this).
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Relaxed)
+    }
+
     fn error(&self, e: sled::Error) -> StoreError {
+        self.inner.poisoned.store(true, Ordering::Relaxed);
         StoreError::from_sled(&self.inner.path, e)
     }
 }

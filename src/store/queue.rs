@@ -31,6 +31,8 @@ struct Inner {
     name: String,
     tree: sled::Tree,
     path: PathBuf,
+    /// Shared with the store: set by any failed sled operation.
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
     state: Mutex<State>,
     appended: Notify,
     space_freed: Notify,
@@ -49,7 +51,13 @@ impl State {
 }
 
 impl Queue {
-    pub(super) fn open(name: &str, tree: sled::Tree, limits: QueueLimits, path: PathBuf) -> Result<Queue, StoreError> {
+    pub(super) fn open(
+        name: &str,
+        tree: sled::Tree,
+        limits: QueueLimits,
+        path: PathBuf,
+        poisoned: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Queue, StoreError> {
         let err = |e| StoreError::from_sled(&path, e);
         let stored = tree.get(META_KEY).map_err(err)?;
         let meta = match stored.as_deref().map(decode_meta) {
@@ -73,6 +81,7 @@ impl Queue {
                 name: name.to_string(),
                 tree,
                 path,
+                poisoned,
                 state: Mutex::new(State { meta, limits }),
                 appended: Notify::new(),
                 space_freed: Notify::new(),
@@ -137,8 +146,8 @@ impl Queue {
                         let Some((seq, bytes)) = victim else { break };
                         batch.remove(&key(seq));
                         evicted_old.insert(seq);
-                        meta.messages -= 1;
-                        meta.bytes -= bytes;
+                        meta.messages = meta.messages.saturating_sub(1);
+                        meta.bytes = meta.bytes.saturating_sub(bytes);
                         meta.dropped[DropReason::Overflow as usize] += 1;
                         out.evicted += 1;
                     }
@@ -156,8 +165,7 @@ impl Queue {
         // A record added and evicted in the same batch was never stored.
         out.accepted -= evicted_old.iter().filter(|s| **s >= st.meta.next_seq).count();
         batch.insert(&META_KEY, encode_meta(&meta));
-        self.inner.tree.apply_batch(batch).map_err(|e| self.error(e))?;
-        st.meta = meta;
+        self.apply(&mut st, batch, meta)?;
         drop(st);
         if out.accepted > 0 {
             self.inner.appended.notify_one();
@@ -220,8 +228,8 @@ impl Queue {
         for seq in unique {
             let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? else { continue };
             batch.remove(&key(seq));
-            meta.messages -= 1;
-            meta.bytes -= v.len() as u64;
+            meta.messages = meta.messages.saturating_sub(1);
+            meta.bytes = meta.bytes.saturating_sub(v.len() as u64);
             match reason {
                 None => meta.forwarded += 1,
                 Some(r) => meta.dropped[r as usize] += 1,
@@ -232,8 +240,7 @@ impl Queue {
             return Ok(0);
         }
         batch.insert(&META_KEY, encode_meta(&meta));
-        self.inner.tree.apply_batch(batch).map_err(|e| self.error(e))?;
-        st.meta = meta;
+        self.apply(&mut st, batch, meta)?;
         drop(st);
         self.inner.space_freed.notify_one();
         Ok(removed)
@@ -299,12 +306,34 @@ impl Queue {
         &self.inner.space_freed
     }
 
+    /// Applies one atomic batch and adopts its counters. When sled reports a
+    /// failure (a full disk) it may still have applied the batch in memory:
+    /// the counters are then read back from the tree, so they always
+    /// describe what the tree holds.
+    fn apply(&self, st: &mut State, batch: sled::Batch, meta: Meta) -> Result<(), StoreError> {
+        match self.inner.tree.apply_batch(batch) {
+            Ok(()) => {
+                st.meta = meta;
+                Ok(())
+            }
+            Err(e) => {
+                let stored = self.inner.tree.get(META_KEY).ok().flatten();
+                if let Some(Ok(on_disk)) = stored.as_deref().map(decode_meta) {
+                    st.meta = on_disk;
+                }
+                Err(self.error(e))
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn error(&self, e: sled::Error) -> StoreError {
-        StoreError::from_sled(&self.inner.path, e)
+        let e = StoreError::from_sled(&self.inner.path, e);
+        self.inner.poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        e
     }
 }
 

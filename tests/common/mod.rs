@@ -41,6 +41,8 @@ mod metrics;
 mod mqtt;
 mod ports;
 mod proxy;
+mod smallfs;
+mod topology;
 mod wait;
 
 pub use broker::Broker;
@@ -52,6 +54,8 @@ pub use mqtt::{
 };
 pub use ports::free_port;
 pub use proxy::SilentProxy;
+pub use smallfs::SmallFs;
+pub use topology::Topology;
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use wait::{wait_until, wait_until_async};
 
