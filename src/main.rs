@@ -31,12 +31,29 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Operate on the store of a ferry that is not running.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Validate a configuration and print the links and routes ferry understood.
     ///
     /// Exits 1 with `file:line:column: what is wrong` on a bad file. Starts
     /// nothing and touches no broker or data_dir.
     Check {
         /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Move a damaged store aside so ferry can start with empty queues.
+    ///
+    /// Use it when `ferry run` refuses to start because the store is damaged.
+    /// The store and its ledger are renamed to `<data_dir>/store.damaged-<time>`
+    /// (kept for inspection, never deleted). Refused while a ferry runs.
+    Quarantine {
+        /// The configuration file (TOML), for its data_dir.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -56,6 +73,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Store(StoreCommand::Quarantine { config }) => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match ferry::store::quarantine(&cfg.data_dir) {
+                Ok(aside) => {
+                    println!("moved the store aside to {}; ferry will start with empty queues", aside.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             init_logging();
             let cfg = match Config::load(&config) {

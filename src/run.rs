@@ -65,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("store opened again; starting the links");
     }
 
-    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+    let flushed = tokio::task::spawn_blocking(move || store.checkpoint()).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("store flushed; bye"),
         Ok(Err(e)) => tracing::error!(error = %e, "final flush failed; messages after the last commit may be sent again"),

@@ -179,3 +179,47 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
         assert!(r.duplicates <= bound);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_ferry_start() {
+    const N: u64 = 2_000;
+    let mut net = Topology::start(1, "");
+    let mut ferry = net.start_ferry();
+    net.wait_all_up(&ferry).await;
+    net.edges[0].stop();
+    publish_n(net.hub.addr(), |_| down(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 256)).await;
+    ferry
+        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == N as f64, LONG)
+        .await
+        .unwrap();
+    assert!(ferry.terminate().success());
+
+    // Damage the database: cut it in half, as a failing disk might.
+    let store_dir = net.data.path().join("store");
+    let db = store_dir.join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
+
+    let config = ferry.config_path();
+    let out = run_ferry(&["run", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "ferry must refuse a damaged store; stderr: {stderr}");
+    assert!(stderr.contains(&store_dir.display().to_string()), "the error must name the store: {stderr}");
+    assert!(stderr.contains("damaged") && stderr.contains("ferry store quarantine"), "the error must say what to do: {stderr}");
+
+    let out = run_ferry(&["store", "quarantine", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "quarantine failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("store.damaged-"));
+
+    // ferry starts again, and new traffic flows.
+    net.edges[0].restart();
+    let sink = Collector::start(net.edges[0].addr(), "t-after", "down/#", QoS::AtLeastOnce).await;
+    ferry.restart();
+    net.wait_all_up(&ferry).await;
+    publish_n(net.hub.addr(), |_| "edge/0/down/after".into(), 100, QoS::AtLeastOnce, |s| seq_payload(s, 64)).await;
+    assert!(
+        wait_until(LONG, Duration::from_millis(50), || sink.messages().iter().filter(|m| m.topic == "down/after").count() >= 100).await,
+        "{}",
+        sink.describe()
+    );
+}

@@ -30,13 +30,22 @@
 //! - limits are applied inside `append` under one lock, with the overflow
 //!   policy; every drop is counted with its [`DropReason`].
 //!
+//! # Detecting damage
+//! `<data_dir>/ledger` records, per queue, the next sequence number and the
+//! received total as of the last checkpoint (at most one a second, after a
+//! flush). They only grow, so a queue that opens with less than its ledger
+//! entry lost data: sled 0.34 opens a damaged or truncated file without
+//! complaint and returns less. `Store::open` then fails with
+//! [`StoreError::Damaged`] instead of starting with silently emptied queues.
+//!
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
 
+mod ledger;
 mod queue;
 pub mod record;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,7 +193,7 @@ pub(crate) struct Meta {
 pub enum StoreError {
     #[error("{path}: the store is in use by another process (is another ferry running with this data_dir?)")]
     Locked { path: PathBuf },
-    #[error("{path}: the store is damaged ({detail}); move it aside (mv {path} {path}.damaged) to start with empty queues")]
+    #[error("{path}: the store is damaged: {detail}. Its messages cannot all be recovered. To start with empty queues, move it aside with `ferry store quarantine --config <file>` (or: mv {path} {path}.damaged)")]
     Damaged { path: PathBuf, detail: String },
     #[error("{path}: cannot create the data directory: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
@@ -242,7 +251,12 @@ struct StoreInner {
     /// Set by any failed sled operation. sled refuses every operation after
     /// an I/O error (e.g. a full disk) until the database is opened again.
     poisoned: Arc<AtomicBool>,
+    ledger_path: PathBuf,
+    last_checkpoint: Mutex<Option<std::time::Instant>>,
 }
+
+/// At most one ledger checkpoint per this interval (one small fsync).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How long `open` waits for a lock held by a store that is closing.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -276,8 +290,18 @@ impl Store {
                 other => break other?,
             }
         };
+        let ledger_path = data_dir.join("ledger");
+        let marks = ledger::read(&ledger_path).map_err(|detail| StoreError::Damaged { path: ledger_path.clone(), detail })?;
+        check_against_ledger(&db, &path, &marks)?;
         Ok(Store {
-            inner: Arc::new(StoreInner { db, path, queues: Mutex::new(HashMap::new()), poisoned: Arc::new(AtomicBool::new(false)) }),
+            inner: Arc::new(StoreInner {
+                db,
+                path,
+                queues: Mutex::new(HashMap::new()),
+                poisoned: Arc::new(AtomicBool::new(false)),
+                ledger_path,
+                last_checkpoint: Mutex::new(None),
+            }),
         })
     }
 
@@ -300,9 +324,37 @@ impl Store {
         Ok(q)
     }
 
-    /// Makes every earlier append and ack durable (fsync). Blocking.
+    /// Makes every earlier append and ack durable (fsync). Blocking. At
+    /// most once a second it also records a ledger checkpoint.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e))
+        let due = {
+            let last = self.inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+            last.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY)
+        };
+        if due {
+            self.checkpoint()
+        } else {
+            self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e))
+        }
+    }
+
+    /// Flushes and records the ledger now (e.g. at shutdown).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        // The marks are taken before the flush, so they describe only what
+        // the flush makes durable.
+        let marks: BTreeMap<String, ledger::Mark> = {
+            let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.iter().map(|(name, q)| (name.clone(), q.mark())).collect()
+        };
+        self.inner.db.flush().map_err(|e| self.error(e))?;
+        let mut last = self.inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep what the ledger knew of queues not opened in this run.
+        let mut all = ledger::read(&self.inner.ledger_path).unwrap_or_default();
+        all.extend(marks);
+        ledger::write(&self.inner.ledger_path, &all)
+            .map_err(|source| StoreError::Io { path: self.inner.ledger_path.clone(), source })?;
+        *last = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Names of the queues in the database, opened or not.
@@ -331,8 +383,57 @@ impl Store {
     }
 }
 
+/// Moves a damaged store (and its ledger) aside so that ferry can start
+/// with empty queues. Refuses while a ferry uses the directory. Returns
+/// where the store went.
+pub fn quarantine(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let path = data_dir.join("store");
+    match Store::open(data_dir) {
+        Err(e @ StoreError::Locked { .. }) => return Err(e),
+        Ok(store) => drop(store),
+        Err(_) => {}
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = data_dir.join(format!("store.damaged-{stamp}"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::rename(&path, &aside).map_err(io(&path))?;
+    let ledger = data_dir.join("ledger");
+    if ledger.exists() {
+        std::fs::rename(&ledger, aside.join("ledger")).map_err(io(&ledger))?;
+    }
+    Ok(aside)
+}
+
 fn tree_name(queue: &str) -> String {
     format!("queue/{queue}")
+}
+
+/// Fails when a queue holds less than the ledger says it durably had.
+fn check_against_ledger(db: &sled::Db, path: &Path, marks: &BTreeMap<String, ledger::Mark>) -> Result<(), StoreError> {
+    for (name, mark) in marks {
+        let found = queue::durable_mark(db, &tree_name(name)).map_err(|e| StoreError::from_sled(path, e))?;
+        let lost = match found {
+            None => mark.next_seq > 0,
+            Some(f) => f.next_seq < mark.next_seq || f.received < mark.received,
+        };
+        if lost {
+            let found = found.map_or("nothing".to_string(), |f| format!("sequence {} and {} received", f.next_seq, f.received));
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "queue {name} lost data: the ledger recorded sequence {} and {} received, the database has {found}",
+                    mark.next_seq, mark.received
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::ledger::Mark;
 use super::record::{self, decode_meta, encode_meta};
 use super::{AppendOutcome, Depth, DropReason, Entry, Meta, Overflow, QueueLimits, Record, StoreError, Totals};
 
@@ -91,6 +92,12 @@ impl Queue {
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The ledger's view of this queue now.
+    pub(super) fn mark(&self) -> Mark {
+        let st = self.lock();
+        Mark { next_seq: st.meta.next_seq, received: st.meta.received }
     }
 
     pub fn limits(&self) -> QueueLimits {
@@ -335,6 +342,24 @@ impl Queue {
         self.inner.poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
         e
     }
+}
+
+/// What a queue's tree durably holds, without opening it as a queue:
+/// None when the tree does not exist.
+pub(super) fn durable_mark(db: &sled::Db, tree_name: &str) -> sled::Result<Option<Mark>> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == tree_name.as_bytes()) {
+        return Ok(None);
+    }
+    let tree = db.open_tree(tree_name)?;
+    let meta = match tree.get(META_KEY)?.as_deref().map(decode_meta) {
+        Some(Ok(meta)) => meta,
+        _ => rebuild_meta(&tree)?,
+    };
+    let next_seq = match last_seq(&tree)? {
+        Some(last) => meta.next_seq.max(last + 1),
+        None => meta.next_seq,
+    };
+    Ok(Some(Mark { next_seq, received: meta.received }))
 }
 
 fn last_seq(tree: &sled::Tree) -> sled::Result<Option<u64>> {

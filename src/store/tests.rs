@@ -298,3 +298,38 @@ fn run_model(seed: u64, steps: usize) {
         assert_invariant(&q);
     }
 }
+
+#[test]
+fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
+        q.append(&(0..5_000).map(|i| rec(i, 100, 0)).collect::<Vec<_>>()).unwrap();
+        store.checkpoint().unwrap();
+    }
+    let db = dir.path().join("store").join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
+    let err = Store::open(dir.path()).err().expect("a damaged store must not open");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    assert!(text.contains("l/out") && text.contains("quarantine"), "{text}");
+
+    let aside = quarantine(dir.path()).unwrap();
+    assert!(aside.join("db").exists() && aside.join("ledger").exists());
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.queue("l/out", QueueLimits::UNBOUNDED).unwrap().depth().messages, 0);
+}
+
+#[test]
+fn a_clean_reopen_passes_the_ledger_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3u64 {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
+        q.append(&(0..100).map(|i| rec(i, 10, 0)).collect::<Vec<_>>()).unwrap();
+        store.checkpoint().unwrap();
+        assert_eq!(q.totals().received, 100 * (round + 1));
+    }
+}
