@@ -253,6 +253,20 @@ struct StoreInner {
     poisoned: Arc<AtomicBool>,
     ledger_path: PathBuf,
     last_checkpoint: Mutex<Option<std::time::Instant>>,
+    flushes: Mutex<FlushState>,
+    flushed: std::sync::Condvar,
+}
+
+/// Store-wide group commit: every link's ingest and drain ask for flushes;
+/// callers that arrive while one runs share the next one instead of queueing
+/// an fsync each.
+#[derive(Default)]
+struct FlushState {
+    /// Flushes asked for so far (each caller takes a ticket).
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    completed: u64,
+    running: bool,
 }
 
 /// At most one ledger checkpoint per this interval (one small fsync).
@@ -301,6 +315,8 @@ impl Store {
                 poisoned: Arc::new(AtomicBool::new(false)),
                 ledger_path,
                 last_checkpoint: Mutex::new(None),
+                flushes: Mutex::new(FlushState::default()),
+                flushed: std::sync::Condvar::new(),
             }),
         })
     }
@@ -332,10 +348,41 @@ impl Store {
             last.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY)
         };
         if due {
-            self.checkpoint()
-        } else {
-            self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e))
+            return self.checkpoint();
         }
+        let mut st = self.lock_flushes();
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.completed >= ticket {
+                return Ok(());
+            }
+            if self.is_poisoned() {
+                return Err(StoreError::Other { path: self.inner.path.clone(), detail: "an earlier write failed; the store must be opened again".into() });
+            }
+            if !st.running {
+                // Lead this flush: it covers every ticket taken so far.
+                st.running = true;
+                let covers = st.requested;
+                drop(st);
+                let result = self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e));
+                st = self.lock_flushes();
+                st.running = false;
+                if result.is_ok() {
+                    st.completed = st.completed.max(covers);
+                }
+                self.inner.flushed.notify_all();
+                if result.is_err() || covers >= ticket {
+                    return result;
+                }
+                continue;
+            }
+            st = self.inner.flushed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn lock_flushes(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.inner.flushes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Flushes and records the ledger now (e.g. at shutdown).

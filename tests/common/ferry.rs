@@ -340,6 +340,11 @@ impl Drop for Ferry {
     }
 }
 
+/// Scrapes the Prometheus endpoint at `addr` (for use from spawned tasks).
+pub fn scrape_addr(addr: SocketAddr) -> Result<Metrics, String> {
+    http_get(addr, "/metrics").and_then(|text| Metrics::parse(&text))
+}
+
 /// `[metrics] listen` from a config, if present and an address.
 fn metrics_listen_addr(config_toml: &str) -> Option<SocketAddr> {
     let table: toml::Table = config_toml.parse().ok()?;

@@ -46,7 +46,7 @@ mod topology;
 mod wait;
 
 pub use broker::Broker;
-pub use ferry::{ferry_bin, ferry_bin_if_available, run_ferry, Ferry};
+pub use ferry::{ferry_bin, ferry_bin_if_available, run_ferry, scrape_addr, Ferry};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
     check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload,
