@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const LONG: Duration = Duration::from_secs(120);
-
-/// Messages of `edge` published on the hub for the `out` route.
-fn down_topic(edge: usize) -> String {
-    format!("edge/{edge}/down/t")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_edges_both_directions_deliver_everything_in_order() {
@@ -102,10 +96,7 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
     }
     let others_took = started.elapsed();
     backlog.await.expect("backlog publisher");
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == BACKLOG as f64, LONG)
-        .await
-        .unwrap();
+    net.wait_queued(&ferry, 0, BACKLOG).await;
     assert_eq!(victim.distinct_count(), 0, "the victim was down");
     eprintln!("other edges got {OTHERS} messages each in {others_took:?} while edge0's backlog was queued");
 
@@ -128,22 +119,14 @@ async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
     let mut ferry = net.start_ferry();
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
-    net.edges[0].stop(); // sessions saved: the collector's subscription survives
-
-    publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == N as f64, LONG)
-        .await
-        .unwrap();
+    // The edge stops cleanly: the collector's subscription survives.
+    net.queue_backlog(&ferry, 0, N, 128).await;
     ferry.kill9();
     // More traffic while ferry is dead: the hub keeps it in ferry's session.
     publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(N + s, 128)).await;
 
     ferry.restart();
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == 2.0 * N as f64, LONG)
-        .await
-        .unwrap();
+    net.wait_queued(&ferry, 0, 2 * N).await;
     net.edges[0].restart();
     assert!(sink.wait_distinct(2 * N as usize, LONG).await, "{}", sink.describe());
     let report = check_in_order(&sink.messages(), 2 * N).unwrap();
@@ -312,12 +295,7 @@ async fn sigterm_commits_closes_and_exits_zero() {
     let mut net = Topology::start(1, "");
     let mut ferry = net.start_ferry();
     net.wait_all_up(&ferry).await;
-    net.edges[0].stop();
-    publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == N as f64, LONG)
-        .await
-        .unwrap();
+    net.queue_backlog(&ferry, 0, N, 128).await;
     let status = ferry.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", ferry.log_tail(30));
     net.edges[0].restart();

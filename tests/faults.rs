@@ -9,11 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const LONG: Duration = Duration::from_secs(120);
-
-fn down(edge: usize) -> String {
-    format!("edge/{edge}/down/t")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains() {
@@ -40,17 +35,14 @@ async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains
     // While edge0 is dark: its messages queue, edge1's flow on.
     let hub = net.hub.addr();
     let backlog = tokio::spawn(async move {
-        publish_n(hub, |_| down(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+        publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
     });
     let other_started = Instant::now();
-    publish_n(hub, |_| down(1), OTHER, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
+    publish_n(hub, |_| down_topic(1), OTHER, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
     assert!(sink1.wait_distinct(OTHER as usize, Duration::from_secs(20)).await, "edge1 delayed: {}", sink1.describe());
     eprintln!("edge1 got {OTHER} messages in {:?} while edge0 was dark", other_started.elapsed());
     backlog.await.expect("publisher");
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == N as f64, LONG)
-        .await
-        .unwrap();
+    net.wait_queued(&ferry, 0, N).await;
     assert_eq!(sink0.distinct_count(), 0);
     assert_eq!(ferry.scrape().get_or_zero("ferry_reconnects_total", &[("link", "edge1")]), 0.0, "edge1 must not blink");
 
@@ -71,8 +63,8 @@ async fn a_panicking_link_task_is_restarted_and_the_other_link_keeps_delivering(
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
     let hub = net.hub.addr();
-    let p0 = tokio::spawn(async move { publish_n(hub, |_| down(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
-    let p1 = tokio::spawn(async move { publish_n(hub, |_| down(1), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
+    let p0 = tokio::spawn(async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
+    let p1 = tokio::spawn(async move { publish_n(hub, |_| down_topic(1), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
     p0.await.expect("publisher 0");
     p1.await.expect("publisher 1");
     assert!(sink0.wait_distinct(N as usize, LONG).await, "{}", sink0.describe());
@@ -107,7 +99,7 @@ async fn a_full_disk_holds_messages_at_the_source_and_ferry_resumes_by_itself() 
     net.edges[0].stop(); // everything for the edge now queues on disk
 
     let filler = fs.fill_leaving(2 << 20);
-    publish_n(net.hub.addr(), |_| down(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 2048)).await;
+    publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 2048)).await;
     assert!(
         ferry.wait_log("the disk is full", LONG).await,
         "no disk-full error logged; log:\n{}",
@@ -140,7 +132,7 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     let mut publishers = Vec::new();
     for i in 0..2usize {
         let edge = net.edges[i].addr();
-        publishers.push(tokio::spawn(async move { publish_n(hub, move |_| down(i), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await }));
+        publishers.push(tokio::spawn(async move { publish_n(hub, move |_| down_topic(i), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await }));
         publishers.push(tokio::spawn(async move { publish_n(edge, |_| "up/t".into(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await }));
     }
     let seed = fastrand::u64(..);
@@ -186,12 +178,7 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
     let mut net = Topology::start(1, "");
     let mut ferry = net.start_ferry();
     net.wait_all_up(&ferry).await;
-    net.edges[0].stop();
-    publish_n(net.hub.addr(), |_| down(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 256)).await;
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == N as f64, LONG)
-        .await
-        .unwrap();
+    net.queue_backlog(&ferry, 0, N, 256).await;
     assert!(ferry.terminate().success());
 
     // Damage the database: cut it in half, as a failing disk might.
@@ -255,7 +242,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         let mut sent = 0;
         while sent < BACKLOG {
             let base = sent;
-            publish_n(hub, |_| down(0), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 64)).await;
+            publish_n(hub, |_| down_topic(0), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 64)).await;
             sent += chunk;
             let caught_up = wait_until_async(LONG, Duration::from_millis(100), || async move {
                 scrape_addr(metrics)
@@ -275,7 +262,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
             let mut sent = 0;
             while sent < PER_EDGE {
                 let base = sent;
-                publish_n(hub, move |_| down(i), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 128)).await;
+                publish_n(hub, move |_| down_topic(i), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 128)).await;
                 sent += chunk;
                 tokio::time::sleep(pause).await;
             }
@@ -322,10 +309,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         eprintln!("{link}: {fast} of {total} forwarded within 2.5 s");
         assert!(total >= PER_EDGE as f64 && fast >= 0.99 * total, "{link}: only {fast} of {total} within 2.5 s");
     }
-    ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == BACKLOG as f64, LONG)
-        .await
-        .unwrap();
+    net.wait_queued(&ferry, 0, BACKLOG).await;
     let drain_started = Instant::now();
     net.edges[0].restart();
     assert!(sinks[0].wait_distinct(BACKLOG as usize, Duration::from_secs(600)).await, "edge0: {}", sinks[0].describe());

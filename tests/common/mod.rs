@@ -55,7 +55,7 @@ pub use mqtt::{
 pub use ports::free_port;
 pub use proxy::SilentProxy;
 pub use smallfs::SmallFs;
-pub use topology::Topology;
+pub use topology::{down_topic, Topology, LONG};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use wait::{wait_until, wait_until_async};
 

@@ -3,9 +3,15 @@
 
 use std::time::Duration;
 
-use super::{free_port, wait_until_async, Broker, Ferry};
+use super::{free_port, publish_n, seq_payload, wait_until_async, Broker, Ferry, QoS};
 
-const LONG: Duration = Duration::from_secs(120);
+/// The generous timeout tests wait with for a condition.
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// The hub topic of edge `i`'s `out` route in a [`Topology`].
+pub fn down_topic(edge: usize) -> String {
+    format!("edge/{edge}/down/t")
+}
 
 /// A hub and `n` edges, each edge a link `edge<i>` with an `out` route
 /// `edge/<i>/down/#` -> `down/#` and an `in` route `up/#` -> `edge/<i>/up/#`.
@@ -64,6 +70,24 @@ impl Topology {
         for i in 0..self.edges.len() {
             ferry.wait_link_up(&format!("edge{i}"), LONG).await.unwrap();
         }
+    }
+
+    /// Stops edge `i` (cleanly: its sessions are kept) and publishes `n`
+    /// messages for it on the hub (`edge/<i>/down/t`, seq payloads of
+    /// `size` bytes); returns once ferry has all of them queued.
+    pub async fn queue_backlog(&mut self, ferry: &Ferry, i: usize, n: u64, size: usize) {
+        self.edges[i].stop();
+        publish_n(self.hub.addr(), move |_| down_topic(i), n, QoS::AtLeastOnce, move |s| seq_payload(s, size)).await;
+        self.wait_queued(ferry, i, n).await;
+    }
+
+    /// Waits until ferry's `out` queue of edge `i` holds exactly `n` messages.
+    pub async fn wait_queued(&self, ferry: &Ferry, i: usize, n: u64) {
+        let link = format!("edge{i}");
+        ferry
+            .wait_metric("ferry_queue_messages", &[("link", &link), ("direction", "out")], |v| v == n as f64, LONG)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// received = forwarded + dropped + queued, as exported.
