@@ -31,9 +31,6 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Operate on the store of a ferry that is not running.
-    #[command(subcommand)]
-    Store(StoreCommand),
     /// Validate a configuration and print the links and routes ferry understood.
     ///
     /// Exits 1 with `file:line:column: what is wrong` on a bad file. Starts
@@ -43,6 +40,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Operate on the store of a ferry that is not running.
+    #[command(subcommand)]
+    Store(StoreCommand),
 }
 
 #[derive(Subcommand, Debug)]
