@@ -37,6 +37,8 @@
 //! entry lost data: sled 0.34 opens a damaged or truncated file without
 //! complaint and returns less. `Store::open` then fails with
 //! [`StoreError::Damaged`] instead of starting with silently emptied queues.
+//! What sled itself cannot read at open (corruption it notices, a damaged
+//! `conf` file) is reported as `Damaged` too, with the same remedy.
 //!
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
@@ -221,10 +223,26 @@ impl StoreError {
         match e {
             sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => StoreError::Locked { path },
             sled::Error::Io(source) => StoreError::Io { path, source },
-            sled::Error::Corruption { at, .. } => {
-                StoreError::Damaged { path, detail: format!("corruption detected at {at:?}") }
+            sled::Error::Corruption { at: Some(at), .. } => {
+                StoreError::Damaged { path, detail: format!("sled found corruption at {at:?}") }
+            }
+            sled::Error::Corruption { at: None, .. } => {
+                StoreError::Damaged { path, detail: "sled found corruption in its files".to_string() }
             }
             other => StoreError::Other { path, detail: other.to_string() },
+        }
+    }
+
+    /// Like `from_sled`, for `sled::Config::open`: there, "unsupported" and
+    /// "bug" mean sled cannot read its own files (a damaged `conf`, or a
+    /// database from another sled version): the operator's remedy is the
+    /// same as for corruption.
+    fn from_sled_at_open(path: &Path, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => {
+                StoreError::Damaged { path: path.to_path_buf(), detail: format!("sled cannot read it: {why}") }
+            }
+            other => StoreError::from_sled(path, other),
         }
     }
 }
@@ -284,6 +302,12 @@ impl Store {
     }
 
     pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_waiting(data_dir, cache_bytes, LOCK_WAIT)
+    }
+
+    /// `open_with_cache`, waiting at most `lock_wait` for a lock held by a
+    /// store that is closing (tests pass a short wait).
+    fn open_waiting(data_dir: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
         let path = data_dir.join("store");
@@ -295,9 +319,9 @@ impl Store {
         // sled releases its file lock from background threads shortly after
         // the previous owner closed it (a restart, a test reopening): wait a
         // little before calling the directory taken.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = std::time::Instant::now() + lock_wait;
         let db = loop {
-            match config.open().map_err(|e| StoreError::from_sled(&path, e)) {
+            match config.open().map_err(|e| StoreError::from_sled_at_open(&path, e)) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }

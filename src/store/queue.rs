@@ -71,7 +71,17 @@ impl Queue {
         };
         let mut meta = match meta {
             Some(m) => m,
-            None => rebuild_meta(&tree).map_err(err)?,
+            None => {
+                let rebuilt = rebuild_meta(&tree).map_err(err)?;
+                if stored.is_none() && rebuilt.messages > 0 {
+                    tracing::warn!(
+                        queue = name,
+                        messages = rebuilt.messages,
+                        "queue counters missing although records exist; rebuilt from the records (lifetime totals restart)"
+                    );
+                }
+                rebuilt
+            }
         };
         // Never reuse a sequence number, whatever the counters say.
         if let Some(last) = last_seq(&tree).map_err(err)? {

@@ -1,8 +1,13 @@
-//! Store tests: limits, reopen, locking, and a model test that runs random
-//! operation sequences against a `VecDeque` and checks contents, counters
-//! and the invariant after every step.
+//! Store tests: limits, reopen, locking (in this process and from another
+//! one), error texts, and a model test that runs random operation sequences
+//! against a `VecDeque` and checks contents, counters and the invariant
+//! after every step.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io::BufRead;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::*;
@@ -18,13 +23,49 @@ fn rec(i: u64, size: usize, at: u64) -> Record {
     }
 }
 
+fn recs(ids: std::ops::Range<u64>, size: usize) -> Vec<Record> {
+    ids.map(|i| rec(i, size, 0)).collect()
+}
+
 fn limits(max_bytes: u64, max_messages: u64, overflow: Overflow) -> QueueLimits {
     QueueLimits { max_bytes, max_messages, overflow, ttl: None }
+}
+
+fn topics(q: &Queue) -> Vec<String> {
+    q.read(0, usize::MAX).unwrap().into_iter().map(|e| e.record.topic).collect()
+}
+
+fn seqs(q: &Queue) -> Vec<u64> {
+    q.read(0, usize::MAX).unwrap().into_iter().map(|e| e.seq).collect()
 }
 
 fn assert_invariant(q: &Queue) {
     let (d, t) = q.stats();
     assert_eq!(t.received, t.forwarded + t.dropped_total() + d.messages, "invariant: {t:?} {d:?}");
+}
+
+/// The stored size of a record (the byte limits count encoded values).
+fn size_of(r: &Record) -> u64 {
+    record::encode(r).len() as u64
+}
+
+/// Whether `notify` holds a permit (takes it).
+fn take_permit(notify: &tokio::sync::Notify) -> bool {
+    let notified = pin!(notify.notified());
+    matches!(notified.poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(()))
+}
+
+/// Opens without the production wait for a lock held by a closing store.
+fn open_fast(dir: &Path) -> Result<Store, StoreError> {
+    Store::open_waiting(dir, DEFAULT_CACHE_BYTES, Duration::from_millis(100))
+}
+
+#[test]
+fn store_and_queue_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Store>();
+    shared::<Queue>();
+    shared::<StoreError>();
 }
 
 #[test]
@@ -34,20 +75,23 @@ fn append_read_ack_and_reopen_keep_order_counters_and_sequence() {
     {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
-        let recs: Vec<Record> = (0..100).map(|i| rec(i, 10, 0)).collect();
+        let recs = recs(0..100, 10);
         assert_eq!(q.append(&recs).unwrap().accepted, 100);
         let got = q.read(0, 1000).unwrap();
         assert_eq!(got.len(), 100);
         assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(got[5].record, recs[5]);
+        assert_eq!(q.read(got[10].seq, 3).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [got[10].seq, got[11].seq, got[12].seq]);
         let acked: Vec<u64> = got[..40].iter().map(|e| e.seq).collect();
         assert_eq!(q.ack(&acked).unwrap(), 40);
         assert_eq!(q.ack(&acked).unwrap(), 0, "acking twice counts once");
+        assert_eq!(q.first_seq(), Some(got[40].seq));
         last = got[99].seq;
         store.flush().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.queue_names(), vec!["l/out".to_string()]);
+    assert!(store.size_on_disk().unwrap() > 0);
     let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
     assert_eq!(q.depth().messages, 60);
     let t = q.totals();
@@ -61,71 +105,198 @@ fn append_read_ack_and_reopen_keep_order_counters_and_sequence() {
 }
 
 #[test]
+fn the_same_name_twice_is_the_same_queue_with_the_new_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.queue("l/in", QueueLimits::UNBOUNDED).unwrap();
+    a.append(&recs(0..3, 1)).unwrap();
+    let b = store.queue("l/in", limits(0, 2, Overflow::DropNew)).unwrap();
+    assert_eq!(b.depth().messages, 3, "a second handle must see the same queue");
+    assert_eq!(a.limits(), limits(0, 2, Overflow::DropNew), "the first handle must see the new limits");
+    assert_eq!(b.append(&recs(3..4, 1)).unwrap().dropped_new, 1);
+    assert_eq!(a.totals().dropped(DropReason::Overflow), 1);
+    let mut names = store.queue_names();
+    names.sort();
+    assert_eq!(names, ["l/in"]);
+}
+
+#[test]
+fn many_reopens_never_reuse_a_sequence_number_and_keep_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut highest: Option<u64> = None;
+    let (mut received, mut forwarded) = (0u64, 0u64);
+    for round in 0..12u64 {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+        assert_eq!((q.totals().received, q.totals().forwarded), (received, forwarded), "round {round}");
+        let n = rng.u64(1..60);
+        q.append(&recs(0..n, rng.usize(0..50))).unwrap();
+        received += n;
+        let stored = seqs(&q);
+        let fresh = &stored[stored.len() - n as usize..];
+        assert!(highest.is_none_or(|h| fresh[0] > h), "round {round}: sequence {} reused (highest so far {highest:?})", fresh[0]);
+        highest = stored.last().copied();
+        // Every third round empties the queue: an empty queue must not
+        // start again at sequence 0 either.
+        let acked: Vec<u64> = if round % 3 == 2 { stored.clone() } else { stored.iter().copied().filter(|_| rng.bool()).collect() };
+        forwarded += q.ack(&acked).unwrap() as u64;
+        assert_invariant(&q);
+        if round % 2 == 0 {
+            store.flush().unwrap(); // otherwise closing the store flushes it
+        }
+    }
+}
+
+#[test]
 fn block_refuses_the_tail_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("q", limits(0, 3, Overflow::Block)).unwrap();
-    let out = q.append(&(0..5).map(|i| rec(i, 1, 0)).collect::<Vec<_>>()).unwrap();
-    assert_eq!((out.accepted, out.refused), (3, 2));
+    let out = q.append(&recs(0..5, 1)).unwrap();
+    assert_eq!((out.accepted, out.refused, out.dropped_new, out.evicted), (3, 2, 0, 0));
     assert!(!q.has_space());
     assert_eq!(q.totals().received, 3, "refused records are not received");
     let first = q.read(0, 1).unwrap()[0].seq;
     q.ack(&[first]).unwrap();
     assert!(q.has_space());
-    assert_eq!(q.append(&[rec(3, 1, 0), rec(4, 1, 0)]).unwrap().refused, 1);
-    let topics: Vec<String> = q.read(0, 10).unwrap().into_iter().map(|e| e.record.topic).collect();
-    assert_eq!(topics, ["t/1", "t/2", "t/3"]);
+    assert_eq!(q.append(&recs(3..5, 1)).unwrap().refused, 1);
+    assert_eq!(topics(&q), ["t/1", "t/2", "t/3"]);
     assert_invariant(&q);
 }
 
 #[test]
-fn drop_new_and_drop_oldest_count_overflow() {
+fn block_with_a_byte_limit_refuses_the_tail_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let q = store.queue("new", limits(0, 3, Overflow::DropNew)).unwrap();
-    let out = q.append(&(0..5).map(|i| rec(i, 1, 0)).collect::<Vec<_>>()).unwrap();
-    assert_eq!((out.accepted, out.dropped_new), (3, 2));
+    let one = size_of(&rec(0, 100, 0));
+    let q = store.queue("q", limits(3 * one + one / 2, 0, Overflow::Block)).unwrap();
+    let out = q.append(&recs(0..5, 100)).unwrap();
+    assert_eq!((out.accepted, out.refused, out.dropped_new, out.evicted), (3, 2, 0, 0));
+    assert_eq!(topics(&q), ["t/0", "t/1", "t/2"]);
+    // A smaller record still fits; the refusal is about bytes, not count.
+    let small = rec(9, 1, 0);
+    assert!(size_of(&small) <= one / 2);
+    assert_eq!(q.append(&[small]).unwrap().accepted, 1);
+    assert_eq!(q.totals(), Totals { received: 4, ..Totals::default() });
+    assert_invariant(&q);
+}
+
+#[test]
+fn drop_new_counts_overflow_with_message_and_byte_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("count", limits(0, 3, Overflow::DropNew)).unwrap();
+    let out = q.append(&recs(0..5, 1)).unwrap();
+    assert_eq!((out.accepted, out.dropped_new, out.evicted, out.refused), (3, 2, 0, 0));
+    assert_eq!(topics(&q), ["t/0", "t/1", "t/2"]);
     assert_eq!(q.totals().dropped(DropReason::Overflow), 2);
+    assert_eq!(q.totals().received, 5);
     assert_invariant(&q);
 
-    let one = record::encode(&rec(0, 100, 0)).len() as u64;
-    let q = store.queue("old", limits(3 * one, 0, Overflow::DropOldest)).unwrap();
+    let one = size_of(&rec(0, 100, 0));
+    let q = store.queue("bytes", limits(3 * one, 0, Overflow::DropNew)).unwrap();
+    let out = q.append(&recs(0..5, 100)).unwrap();
+    assert_eq!((out.accepted, out.dropped_new), (3, 2));
+    assert_eq!(q.depth(), Depth { messages: 3, bytes: 3 * one });
+    assert_eq!(topics(&q), ["t/0", "t/1", "t/2"]);
+    assert_invariant(&q);
+}
+
+#[test]
+fn drop_oldest_evicts_with_message_and_byte_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("count", limits(0, 3, Overflow::DropOldest)).unwrap();
+    q.append(&recs(0..2, 1)).unwrap();
+    let out = q.append(&recs(2..6, 1)).unwrap();
+    assert_eq!((out.accepted, out.evicted, out.dropped_new, out.refused), (4 - 1, 3, 0, 0), "{out:?}");
+    assert_eq!(topics(&q), ["t/3", "t/4", "t/5"]);
+    assert_eq!(q.totals().dropped(DropReason::Overflow), 3);
+    assert_invariant(&q);
+
+    let one = size_of(&rec(0, 100, 0));
+    let q = store.queue("bytes", limits(3 * one, 0, Overflow::DropOldest)).unwrap();
     for i in 0..5 {
         q.append(&[rec(i, 100, 0)]).unwrap();
     }
     // Five in one batch too: the batch's own first entries make room.
-    let out = q.append(&(5..10).map(|i| rec(i, 100, 0)).collect::<Vec<_>>()).unwrap();
+    let out = q.append(&recs(5..10, 100)).unwrap();
     assert_eq!(out.accepted, 3, "{out:?}");
-    let topics: Vec<String> = q.read(0, 10).unwrap().into_iter().map(|e| e.record.topic).collect();
-    assert_eq!(topics, ["t/7", "t/8", "t/9"]);
+    assert_eq!(topics(&q), ["t/7", "t/8", "t/9"]);
     assert_eq!(q.depth(), Depth { messages: 3, bytes: 3 * one });
     assert_eq!(q.totals().dropped(DropReason::Overflow), 7);
+    // One large record evicts as many small ones as it needs.
+    let big = rec(10, 250, 0);
+    assert!(size_of(&big) > 2 * one && size_of(&big) <= 3 * one);
+    let out = q.append(&[big]).unwrap();
+    assert_eq!((out.accepted, out.evicted), (1, 3));
+    assert_eq!(topics(&q), ["t/10"]);
     assert_invariant(&q);
 }
 
 #[test]
-fn too_large_records_are_dropped_and_counted() {
+fn too_large_records_are_dropped_and_counted_under_every_policy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let q = store.queue("q", limits(200, 0, Overflow::Block)).unwrap();
-    let out = q.append(&[rec(0, 1000, 0), rec(1, 10, 0)]).unwrap();
-    assert_eq!((out.accepted, out.dropped_new, out.refused), (1, 1, 0));
-    assert_eq!(q.totals().dropped(DropReason::TooLarge), 1);
-    assert_invariant(&q);
+    for (i, overflow) in [Overflow::Block, Overflow::DropNew, Overflow::DropOldest].into_iter().enumerate() {
+        let q = store.queue(&format!("q{i}"), limits(200, 0, overflow)).unwrap();
+        q.append(&[rec(0, 10, 0)]).unwrap();
+        let out = q.append(&[rec(1, 1000, 0), rec(2, 10, 0)]).unwrap();
+        assert_eq!((out.accepted, out.dropped_new, out.refused, out.evicted), (1, 1, 0, 0), "{overflow:?}");
+        assert_eq!(q.totals().dropped(DropReason::TooLarge), 1, "{overflow:?}");
+        assert_eq!(topics(&q), ["t/0", "t/2"], "{overflow:?}: a too-large record must not evict others");
+        assert_invariant(&q);
+    }
 }
 
 #[test]
 fn expire_drops_old_head_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let q = store
-        .queue("q", QueueLimits { ttl: Some(Duration::from_secs(10)), ..QueueLimits::UNBOUNDED })
-        .unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     q.append(&[rec(0, 1, 1_000), rec(1, 1, 2_000), rec(2, 1, 50_000)]).unwrap();
+    assert_eq!(q.expire(1_000_000).unwrap(), 0, "without a TTL nothing expires");
+    q.set_limits(QueueLimits { ttl: Some(Duration::from_secs(10)), ..QueueLimits::UNBOUNDED });
+    assert_eq!(q.oldest_received_at_ms(), Some(1_000));
+    assert_eq!(q.expire(10_999).unwrap(), 0, "received_at + ttl > now: kept");
     assert_eq!(q.expire(12_000).unwrap(), 2);
     assert_eq!(q.totals().dropped(DropReason::Expired), 2);
     assert_eq!(q.oldest_received_at_ms(), Some(50_000));
     assert_invariant(&q);
+}
+
+#[test]
+fn drop_entries_counts_the_reason_and_ignores_missing_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    q.append(&recs(0..4, 3)).unwrap();
+    let s = seqs(&q);
+    assert_eq!(q.drop_entries(&[s[1], s[1], s[3] + 100], DropReason::Rejected).unwrap(), 1);
+    assert_eq!(q.ack(&[s[1], s[0]]).unwrap(), 1, "an entry dropped meanwhile is not acked");
+    let t = q.totals();
+    assert_eq!((t.forwarded, t.dropped(DropReason::Rejected), t.dropped_total()), (1, 1, 1));
+    assert_eq!(topics(&q), ["t/2", "t/3"]);
+    assert_eq!(q.drop_entries(&[], DropReason::Rejected).unwrap(), 0);
+    assert_invariant(&q);
+}
+
+#[test]
+fn waiters_are_notified_of_appends_and_freed_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", limits(0, 1, Overflow::Block)).unwrap();
+    assert!(!take_permit(q.appended()));
+    q.append(&recs(0..1, 1)).unwrap();
+    assert!(take_permit(q.appended()), "an append that stored a record must notify");
+    assert_eq!(q.append(&recs(1..2, 1)).unwrap().refused, 1);
+    assert!(!take_permit(q.appended()), "an append that stored nothing must not notify");
+    assert!(!take_permit(q.space_freed()));
+    q.ack(&seqs(&q)).unwrap();
+    assert!(take_permit(q.space_freed()), "an ack that removed a record must notify");
+    assert_eq!(q.ack(&[12345]).unwrap(), 0);
+    assert!(!take_permit(q.space_freed()), "an ack that removed nothing must not notify");
 }
 
 #[test]
@@ -141,148 +312,381 @@ fn a_damaged_record_is_dropped_as_corrupt_never_returned() {
     let last = v.len() - 1;
     v[last] ^= 0xff;
     tree.insert(seq.to_be_bytes(), v).unwrap();
-    let got: Vec<String> = q.read(0, 10).unwrap().into_iter().map(|e| e.record.topic).collect();
-    assert_eq!(got, ["t/0", "t/2"]);
+    assert_eq!(topics(&q), ["t/0", "t/2"]);
     assert_eq!(q.totals().dropped(DropReason::Corrupt), 1);
     assert_eq!(q.depth().messages, 2);
     assert_invariant(&q);
 }
 
 #[test]
+fn missing_counters_are_rebuilt_from_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, bytes) = {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+        q.append(&recs(0..10, 7)).unwrap();
+        let s = seqs(&q);
+        q.ack(&s[..3]).unwrap();
+        let bytes = q.depth().bytes;
+        // Remove the meta entry (key: nine 0xff bytes) behind the queue's back.
+        store.inner.db.open_tree("queue/q").unwrap().remove([0xffu8; 9]).unwrap();
+        store.flush().unwrap();
+        (s[9], bytes)
+    };
+    // The ledger knows 10 were received; 7 are left: that is damage.
+    let err = Store::open(dir.path()).err().expect("lost counters must be reported against the ledger");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    // Without a ledger the counters are rebuilt from what is there.
+    std::fs::remove_file(dir.path().join("ledger")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    assert_eq!(q.depth(), Depth { messages: 7, bytes });
+    assert_eq!(q.totals(), Totals { received: 7, ..Totals::default() });
+    assert_invariant(&q);
+    q.append(&recs(10..11, 7)).unwrap();
+    assert!(*seqs(&q).last().unwrap() > last, "a sequence number was reused after a rebuild");
+}
+
+#[test]
 fn a_second_open_of_the_same_data_dir_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = Store::open(dir.path()).unwrap();
-    let err = Store::open(dir.path()).err().expect("second open must fail");
+    let store = open_fast(dir.path()).unwrap();
+    let err = open_fast(dir.path()).err().expect("second open must fail");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
-    assert!(err.to_string().contains("another ferry"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("another ferry") && text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(!err.is_disk_full());
+    drop(store);
+    // Closed: the directory can be opened again (sled may take a moment to
+    // let go of its lock, which the production wait covers).
+    Store::open(dir.path()).unwrap();
+}
+
+/// Env var that turns the next test into a helper process holding a store.
+const HOLD_ENV: &str = "FERRY_STORE_TEST_HOLD_DIR";
+
+/// Not a test by itself: when `HOLD_ENV` names a directory, this process
+/// opens the store there, says so on stdout, and holds it until its stdin
+/// closes. `a_data_dir_used_by_another_process_is_refused` runs it.
+#[test]
+fn helper_process_that_holds_a_store_open() {
+    let Some(dir) = std::env::var_os(HOLD_ENV) else { return };
+    let _store = Store::open(Path::new(&dir)).unwrap();
+    println!("holding the store");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+}
+
+#[test]
+fn a_data_dir_used_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // This test binary, running only the helper above.
+    let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &format!("{module}::helper_process_that_holds_a_store_open"), "--nocapture", "--test-threads=1"])
+        .env(HOLD_ENV, dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let holding = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("holding the store") => break true,
+            Some(Ok(line)) => seen.push(line),
+            _ => break false,
+        }
+    };
+    assert!(holding, "the helper process did not open the store; its output: {seen:?}");
+    let err = open_fast(dir.path()).err().expect("a store held by another process must not open");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    drop(child.stdin.take()); // the helper exits
+    assert!(child.wait().unwrap().success());
+    open_fast(dir.path()).expect("the lock dies with the process that held it");
+}
+
+#[test]
+fn errors_say_what_where_and_what_to_do() {
+    let path = Path::new("/var/lib/ferry/store");
+    let full = StoreError::from_sled(path, sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+    assert!(full.is_disk_full(), "{full:?}");
+    let text = full.to_string();
+    assert!(text.starts_with("/var/lib/ferry/store: write failed") && text.contains("disk is full"), "{text}");
+    // sled re-creates errors from its background threads as plain text.
+    let relayed = std::io::Error::other("No space left on device (os error 28), code: 28");
+    assert!(StoreError::Io { path: path.into(), source: relayed }.is_disk_full());
+
+    let denied = StoreError::from_sled(path, sled::Error::Io(std::io::Error::from_raw_os_error(13)));
+    assert!(!denied.is_disk_full());
+    assert!(denied.to_string().starts_with("/var/lib/ferry/store: write failed: "), "{denied}");
+
+    let locked = StoreError::from_sled(path, sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")));
+    assert_eq!(
+        locked.to_string(),
+        "/var/lib/ferry/store: the store is in use by another process (is another ferry running with this data_dir?)"
+    );
+    let damaged = StoreError::from_sled(path, sled::Error::Corruption { at: None, bt: () });
+    assert!(matches!(damaged, StoreError::Damaged { .. }), "{damaged:?}");
+    assert!(damaged.to_string().contains("mv /var/lib/ferry/store /var/lib/ferry/store.damaged"), "{damaged}");
+    let unreadable = StoreError::from_sled_at_open(path, sled::Error::Unsupported("bad conf".into()));
+    assert!(matches!(unreadable, StoreError::Damaged { .. }), "{unreadable:?}");
+}
+
+#[test]
+fn a_damaged_sled_conf_file_is_reported_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.queue("q", QueueLimits::UNBOUNDED).unwrap().append(&recs(0..3, 1)).unwrap();
+        store.flush().unwrap();
+    }
+    let conf = dir.path().join("store").join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    for b in bytes.iter_mut().take(16) {
+        *b = b'#';
+    }
+    std::fs::write(&conf, bytes).unwrap();
+    let err = Store::open(dir.path()).err().expect("a damaged conf must not open");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("quarantine"), "{err}");
+}
+
+#[test]
+fn concurrent_appends_and_acks_keep_the_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", limits(0, 50, Overflow::DropOldest)).unwrap();
+    let appenders: Vec<_> = (0..2u64)
+        .map(|t| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    q.append(&recs(t * 1000 + i * 3..t * 1000 + i * 3 + 3, 20)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let drainer = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let mut acked = 0;
+            for _ in 0..300 {
+                let window: Vec<u64> = q.read(0, 7).unwrap().into_iter().map(|e| e.seq).collect();
+                acked += q.ack(&window).unwrap();
+            }
+            acked
+        })
+    };
+    for a in appenders {
+        a.join().unwrap();
+    }
+    let acked = drainer.join().unwrap() as u64;
+    let (d, t) = q.stats();
+    assert_eq!(t.received, 600);
+    assert_eq!(t.forwarded, acked);
+    assert_eq!(d.messages, seqs(&q).len() as u64, "depth counter vs tree");
+    assert_invariant(&q);
 }
 
 /// Random operations against a model. Seeds are fixed: failures reproduce.
+/// Each run starts with one overflow policy and changes limits (policy,
+/// bytes, count, TTL) at random along the way.
 #[test]
 fn model_check_random_operations_with_reopen() {
-    for seed in 1..=6u64 {
+    for seed in 1..=4u64 {
         run_model(seed, 3_000);
+    }
+}
+
+/// The model of one queue: entries in order and the totals.
+struct Model {
+    /// (seq, record, stored size); seq is `NEW` until the store assigns it.
+    entries: VecDeque<(u64, Record, u64)>,
+    totals: Totals,
+}
+
+const NEW: u64 = u64::MAX;
+
+impl Model {
+    fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.2).sum()
+    }
+
+    fn full_for(&self, l: &QueueLimits, size: u64) -> bool {
+        (l.max_messages > 0 && self.entries.len() as u64 + 1 > l.max_messages)
+            || (l.max_bytes > 0 && self.bytes() + size > l.max_bytes)
+    }
+
+    /// The rules of `Queue::append`, written out plainly.
+    fn append(&mut self, l: &QueueLimits, batch: &[Record]) -> AppendOutcome {
+        let mut out = AppendOutcome::default();
+        let mut evicted_new = 0;
+        'records: for (i, r) in batch.iter().enumerate() {
+            let size = size_of(r);
+            if l.max_bytes > 0 && size > l.max_bytes {
+                self.totals.received += 1;
+                self.totals.dropped[DropReason::TooLarge as usize] += 1;
+                out.dropped_new += 1;
+                continue;
+            }
+            while self.full_for(l, size) {
+                match l.overflow {
+                    Overflow::Block => {
+                        out.refused = batch.len() - i;
+                        break 'records;
+                    }
+                    Overflow::DropNew => {
+                        self.totals.received += 1;
+                        self.totals.dropped[DropReason::Overflow as usize] += 1;
+                        out.dropped_new += 1;
+                        continue 'records;
+                    }
+                    Overflow::DropOldest => {
+                        let Some(victim) = self.entries.pop_front() else { break };
+                        if victim.0 == NEW {
+                            evicted_new += 1;
+                        }
+                        self.totals.dropped[DropReason::Overflow as usize] += 1;
+                        out.evicted += 1;
+                    }
+                }
+            }
+            self.totals.received += 1;
+            self.entries.push_back((NEW, r.clone(), size));
+            out.accepted += 1;
+        }
+        out.accepted -= evicted_new;
+        out
+    }
+
+    fn remove(&mut self, seqs: &[u64]) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| !seqs.contains(&e.0));
+        before - self.entries.len()
+    }
+}
+
+fn random_limits(rng: &mut fastrand::Rng) -> QueueLimits {
+    QueueLimits {
+        max_bytes: [0, 1_500, 4_000][rng.usize(0..3)],
+        max_messages: [0, 5, 40][rng.usize(0..3)],
+        overflow: [Overflow::Block, Overflow::DropNew, Overflow::DropOldest][rng.usize(0..3)],
+        ttl: [None, Some(Duration::from_millis(5_000))][rng.usize(0..2)],
     }
 }
 
 fn run_model(seed: u64, steps: usize) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
-    let overflow = [Overflow::Block, Overflow::DropNew, Overflow::DropOldest][(seed % 3) as usize];
-    let lim = QueueLimits {
+    let mut lim = QueueLimits {
         max_bytes: if seed % 2 == 0 { 4_000 } else { 0 },
         max_messages: 40,
-        overflow,
+        overflow: [Overflow::Block, Overflow::DropNew, Overflow::DropOldest][(seed % 3) as usize],
         ttl: Some(Duration::from_millis(5_000)),
     };
     let mut store = Some(Store::open(dir.path()).unwrap());
     let mut q = store.as_ref().unwrap().queue("m", lim).unwrap();
-    // The model: (seq, record, stored size) in order, and the totals.
-    let mut model: VecDeque<(u64, Record, u64)> = VecDeque::new();
-    let mut totals = Totals::default();
+    let mut model = Model { entries: VecDeque::new(), totals: Totals::default() };
+    // Every sequence number the store ever handed out is below this.
+    let mut next_unused = 0u64;
     let mut clock = 0u64;
     let mut cursor = 0u64;
     let mut window: Vec<u64> = Vec::new();
     let mut next_id = 0u64;
     for step in 0..steps {
+        let ctx = format!("seed {seed} step {step} ({lim:?})");
         clock += rng.u64(0..200);
-        match rng.u8(0..100) {
-            0..=39 => {
-                let n = rng.usize(1..8);
-                let batch: Vec<Record> = (0..n)
+        match rng.u16(0..1000) {
+            0..=399 => {
+                let batch: Vec<Record> = (0..rng.usize(1..8))
                     .map(|_| {
                         next_id += 1;
-                        rec(next_id, rng.usize(0..300), clock)
+                        // Mostly small, sometimes larger than the 1,500-byte limit.
+                        let size = if rng.u8(0..20) == 0 { rng.usize(1_400..1_700) } else { rng.usize(0..300) };
+                        rec(next_id, size, clock)
                     })
                     .collect();
                 let out = q.append(&batch).unwrap();
-                // Apply the same to the model.
-                let mut refused = 0;
-                for (i, r) in batch.iter().enumerate() {
-                    let size = record::encode(r).len() as u64;
-                    if lim.max_bytes > 0 && size > lim.max_bytes {
-                        totals.received += 1;
-                        totals.dropped[DropReason::TooLarge as usize] += 1;
-                        continue;
-                    }
-                    let full = |m: &VecDeque<(u64, Record, u64)>| {
-                        let bytes: u64 = m.iter().map(|e| e.2).sum();
-                        m.len() as u64 + 1 > lim.max_messages || (lim.max_bytes > 0 && bytes + size > lim.max_bytes)
-                    };
-                    let mut dropped_new = false;
-                    while full(&model) {
-                        match overflow {
-                            Overflow::Block => {
-                                refused = batch.len() - i;
-                                break;
-                            }
-                            Overflow::DropNew => {
-                                dropped_new = true;
-                                break;
-                            }
-                            Overflow::DropOldest => {
-                                model.pop_front();
-                                totals.dropped[DropReason::Overflow as usize] += 1;
-                            }
-                        }
-                    }
-                    if refused > 0 {
-                        break;
-                    }
-                    totals.received += 1;
-                    if dropped_new {
-                        totals.dropped[DropReason::Overflow as usize] += 1;
-                        continue;
-                    }
-                    model.push_back((u64::MAX, r.clone(), size));
-                }
-                assert_eq!(out.refused, refused, "seed {seed} step {step}");
-                // Learn the seqs assigned (the model only knows the order).
+                let expected = model.append(&lim, &batch);
+                assert_eq!(out, expected, "{ctx}: outcome");
+                // Learn the sequence numbers given to the new entries: all
+                // above every one handed out before, in order.
                 let stored = q.read(0, usize::MAX).unwrap();
-                assert_eq!(stored.len(), model.len(), "seed {seed} step {step}");
-                for (m, e) in model.iter_mut().zip(&stored) {
-                    assert_eq!(m.1, e.record, "seed {seed} step {step}");
-                    m.0 = e.seq;
+                assert_eq!(stored.len(), model.entries.len(), "{ctx}");
+                for (m, e) in model.entries.iter_mut().zip(&stored) {
+                    if m.0 == NEW {
+                        assert!(e.seq >= next_unused, "{ctx}: sequence {} reused (next unused {next_unused})", e.seq);
+                        m.0 = e.seq;
+                    }
                 }
+                // Records evicted within their own batch used numbers too;
+                // the store's counter knows how many it handed out.
+                next_unused = q.mark().next_seq;
             }
-            40..=59 => {
+            400..=599 => {
                 // Read a window from the cursor, as the drainer does.
                 let got = q.read(cursor, rng.usize(1..10)).unwrap();
-                let expect: Vec<u64> = model.iter().map(|e| e.0).filter(|s| *s >= cursor).take(got.len()).collect();
-                assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expect, "seed {seed} step {step}");
+                let expect: Vec<u64> =
+                    model.entries.iter().map(|e| e.0).filter(|s| *s >= cursor).take(got.len()).collect();
+                assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expect, "{ctx}: read window");
                 if let Some(last) = got.last() {
                     cursor = last.seq + 1;
                 }
                 window.extend(got.iter().map(|e| e.seq));
             }
-            60..=79 => {
-                // Ack a random subset of the window (acks may come in any order).
-                let take: Vec<u64> = window.iter().copied().filter(|_| rng.bool()).collect();
+            600..=779 => {
+                // Ack the oldest part of the window (in-order acks), or any
+                // subset of it (acks may come in any order).
+                let take: Vec<u64> = if rng.bool() {
+                    window[..rng.usize(0..=window.len())].to_vec()
+                } else {
+                    window.iter().copied().filter(|_| rng.bool()).collect()
+                };
                 window.retain(|s| !take.contains(s));
                 let removed = q.ack(&take).unwrap();
-                let before = model.len();
-                model.retain(|e| !take.contains(&e.0));
-                assert_eq!(removed, before - model.len(), "seed {seed} step {step}");
-                totals.forwarded += removed as u64;
+                assert_eq!(removed, model.remove(&take), "{ctx}: acked");
+                model.totals.forwarded += removed as u64;
             }
-            80..=84 => {
+            780..=819 => {
+                // The destination refused some: dropped as rejected.
+                let take: Vec<u64> = window.iter().copied().filter(|_| rng.u8(0..4) == 0).collect();
+                window.retain(|s| !take.contains(s));
+                let removed = q.drop_entries(&take, DropReason::Rejected).unwrap();
+                assert_eq!(removed, model.remove(&take), "{ctx}: rejected");
+                model.totals.dropped[DropReason::Rejected as usize] += removed as u64;
+            }
+            820..=869 => {
                 let removed = q.expire(clock).unwrap();
                 let mut n = 0;
-                while model.front().is_some_and(|e| e.1.received_at_ms + 5_000 <= clock) {
-                    model.pop_front();
-                    n += 1;
+                if let Some(ttl) = lim.ttl {
+                    let ttl = ttl.as_millis() as u64;
+                    while model.entries.front().is_some_and(|e| e.1.received_at_ms + ttl <= clock) {
+                        model.entries.pop_front();
+                        n += 1;
+                    }
                 }
-                assert_eq!(removed, n, "seed {seed} step {step}");
-                totals.dropped[DropReason::Expired as usize] += n as u64;
+                assert_eq!(removed, n, "{ctx}: expired");
+                model.totals.dropped[DropReason::Expired as usize] += n as u64;
             }
-            85..=89 => {
+            870..=929 => {
                 // Reconnect: the drainer replays from the oldest entry.
                 cursor = 0;
                 window.clear();
             }
+            930..=989 => {
+                // New limits (a config reload); may be below the current depth.
+                lim = random_limits(&mut rng);
+                q.set_limits(lim);
+            }
             _ => {
-                // Close and reopen (flushed, as after a clean stop).
-                store.as_ref().unwrap().flush().unwrap();
+                // Close and reopen: after an explicit flush, or relying on
+                // sled flushing when the last handle closes.
+                if rng.bool() {
+                    store.as_ref().unwrap().flush().unwrap();
+                }
                 drop(q);
                 drop(store.take());
                 store = Some(Store::open(dir.path()).unwrap());
@@ -291,11 +695,18 @@ fn run_model(seed: u64, steps: usize) {
                 window.clear();
             }
         }
+        // Contents, counters and the invariant after every step.
+        let stored: Vec<(u64, Record)> = q.read(0, usize::MAX).unwrap().into_iter().map(|e| (e.seq, e.record)).collect();
+        let expected: Vec<(u64, Record)> = model.entries.iter().map(|e| (e.0, e.1.clone())).collect();
+        assert_eq!(stored, expected, "{ctx}: contents");
         let (d, t) = q.stats();
-        assert_eq!(t, totals, "seed {seed} step {step}: totals");
-        assert_eq!(d.messages, model.len() as u64, "seed {seed} step {step}: depth");
-        assert_eq!(d.bytes, model.iter().map(|e| e.2).sum::<u64>(), "seed {seed} step {step}: bytes");
+        assert_eq!(t, model.totals, "{ctx}: totals");
+        assert_eq!(d, Depth { messages: model.entries.len() as u64, bytes: model.bytes() }, "{ctx}: depth");
+        assert_eq!((q.depth(), q.totals()), (d, t), "{ctx}: stats vs depth/totals");
         assert_invariant(&q);
+        assert_eq!(q.first_seq(), model.entries.front().map(|e| e.0), "{ctx}: first_seq");
+        assert_eq!(q.oldest_received_at_ms(), model.entries.front().map(|e| e.1.received_at_ms), "{ctx}: oldest");
+        assert_eq!(q.has_space(), !model.full_for(&lim, 0), "{ctx}: has_space");
     }
 }
 
@@ -305,7 +716,7 @@ fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
     {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
-        q.append(&(0..5_000).map(|i| rec(i, 100, 0)).collect::<Vec<_>>()).unwrap();
+        q.append(&recs(0..5_000, 100)).unwrap();
         store.checkpoint().unwrap();
     }
     let db = dir.path().join("store").join("db");
@@ -328,7 +739,7 @@ fn a_clean_reopen_passes_the_ledger_check() {
     for round in 0..3u64 {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
-        q.append(&(0..100).map(|i| rec(i, 10, 0)).collect::<Vec<_>>()).unwrap();
+        q.append(&recs(0..100, 10)).unwrap();
         store.checkpoint().unwrap();
         assert_eq!(q.totals().received, 100 * (round + 1));
     }
