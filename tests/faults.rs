@@ -234,11 +234,11 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
     let hub = net.hub.addr();
     // The backlog must build up in ferry, not in the hub: mosquitto 2.0
     // slows to a few hundred messages/s once a session queue holds
-    // hundreds of thousands (docs/failure-modes.md). So the publisher lets
-    // ferry catch up every 20,000 messages.
+    // hundreds of thousands (docs/failure-modes.md). So the publisher waits
+    // for ferry to hold every message of a chunk before the next one.
     let metrics = ferry.metrics_addr();
     let backlog = tokio::spawn(async move {
-        let chunk = 20_000;
+        let chunk = 10_000;
         let mut sent = 0;
         while sent < BACKLOG {
             let base = sent;
@@ -246,7 +246,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
             sent += chunk;
             let caught_up = wait_until_async(LONG, Duration::from_millis(100), || async move {
                 scrape_addr(metrics)
-                    .map(|m| m.get_or_zero("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]) >= (sent - chunk / 2) as f64)
+                    .map(|m| m.get_or_zero("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]) >= sent as f64)
                     .unwrap_or(false)
             })
             .await;
