@@ -259,7 +259,7 @@ impl Drain {
     /// counts down while it waits in the queue).
     fn properties_now(&self, record: &Record, now_ms: u64) -> Option<PublishProperties> {
         let age_ms = now_ms.saturating_sub(record.received_at_ms);
-        if self.ttl.is_some_and(|ttl| age_ms >= ttl.as_millis() as u64) {
+        if self.ttl.is_some_and(|ttl| age_ms >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)) {
             return None;
         }
         let p = &record.properties;

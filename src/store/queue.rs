@@ -267,7 +267,8 @@ impl Queue {
     /// (at most 10,000 per call, to keep the lock short).
     pub fn expire(&self, now_ms: u64) -> Result<usize, StoreError> {
         let Some(ttl) = self.lock().limits.ttl else { return Ok(0) };
-        let ttl_ms = ttl.as_millis() as u64;
+        // Saturate: a TTL beyond u64 milliseconds means "never", not a wrap to a short one.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let mut expired = Vec::new();
         let mut corrupt = Vec::new();
         for item in self.inner.tree.range(key(0)..key(u64::MAX)).take(10_000) {
