@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod config;
 pub mod fault;
+#[cfg(feature = "fuzzing")] pub mod fuzzing;
 pub mod link;
 pub mod metrics;
 pub mod run;
