@@ -81,11 +81,13 @@ impl Topology {
         self.wait_queued(ferry, i, n).await;
     }
 
-    /// Waits until ferry's `out` queue of edge `i` holds exactly `n` messages.
+    /// Waits until ferry's `out` queue of edge `i` holds at least `n`
+    /// messages (more when the hub redelivered some after a reconnect:
+    /// duplicates are allowed, loss is not).
     pub async fn wait_queued(&self, ferry: &Ferry, i: usize, n: u64) {
         let link = format!("edge{i}");
         ferry
-            .wait_metric("ferry_queue_messages", &[("link", &link), ("direction", "out")], |v| v == n as f64, LONG)
+            .wait_metric("ferry_queue_messages", &[("link", &link), ("direction", "out")], |v| v >= n as f64, LONG)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
