@@ -152,10 +152,13 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     for p in publishers {
         p.await.expect("publisher");
     }
-    // Per crash and direction: the in-flight window resent, one drain commit
-    // batch of removals lost (at most a window), one ingest commit batch
-    // redelivered by the source (at most 2 x inflight + 64).
-    let bound = CRASHES as usize * (200 + 200 + (2 * 200 + 64));
+    // Per crash and direction: ferry's in-flight window resent (200), one
+    // drain commit batch of removals lost (at most a window, 200), and every
+    // message the source broker had in flight to ferry's unacknowledged ingest
+    // session redelivered: up to the broker's max_inflight_messages (1000 in
+    // the harness). Anything above that would mean ferry re-queues or
+    // re-sends more than the protocol forces it to.
+    let bound = CRASHES as usize * (200 + 200 + MAX_INFLIGHT);
     for (i, sink) in sinks.iter().enumerate() {
         assert!(sink.wait_distinct(N as usize, LONG).await, "edge{i}: {}", sink.describe());
         let r = check_in_order(&sink.messages(), N).unwrap_or_else(|e| panic!("edge{i} out: {e}"));
@@ -168,7 +171,7 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
         let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
         let r = check_in_order(&mine, N).unwrap_or_else(|e| panic!("edge{i} in: {e}"));
         eprintln!("edge{i} in after {CRASHES} crashes: {r}");
-        assert!(r.duplicates <= bound);
+        assert!(r.duplicates <= bound, "edge{i} in: {} duplicates > {bound}", r.duplicates);
     }
 }
 

@@ -22,6 +22,11 @@ use super::{file_tail, free_port};
 
 /// How long a broker may take to accept TCP connections after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `max_inflight_messages` of every test broker: how many QoS 1/2 messages a
+/// broker sends a client before it waits for acks, and so how many it
+/// redelivers to a persistent session that vanished without acking them.
+pub const MAX_INFLIGHT: usize = 1000;
 /// How long a broker may take to save its database and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -194,7 +199,7 @@ impl Broker {
     /// - `max_queued_messages 0` (no limit): the broker must hold everything a
     ///   subscriber (ferry's ingest, a test's Collector) has not yet acked, for
     ///   as long as it is away; mosquitto's default of 1000 would drop the rest.
-    /// - `max_inflight_messages 1000`: enough in flight to a client for a fast drain.
+    /// - `max_inflight_messages` [`MAX_INFLIGHT`]: enough in flight to a client for a fast drain.
     /// - `autosave_interval 1`: state is saved every ~2 s, so kill -9 loses little;
     ///   a clean stop (SIGTERM) always saves everything.
     /// - `user root`: when tests run as root, mosquitto would otherwise switch to
@@ -208,7 +213,7 @@ impl Broker {
              persistence_location {data}/\n\
              autosave_interval 1\n\
              max_queued_messages 0\n\
-             max_inflight_messages 1000\n\
+             max_inflight_messages {MAX_INFLIGHT}\n\
              set_tcp_nodelay true\n\
              user root\n\
              log_dest file {log}\n\

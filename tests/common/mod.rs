@@ -45,7 +45,7 @@ mod smallfs;
 mod topology;
 mod wait;
 
-pub use broker::Broker;
+pub use broker::{Broker, MAX_INFLIGHT};
 pub use ferry::{ferry_bin, ferry_bin_if_available, run_ferry, scrape_addr, Ferry};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
