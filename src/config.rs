@@ -25,6 +25,9 @@ use crate::store::Overflow;
 use crate::topic::{self, TopicMap};
 
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
+/// Where each link publishes its state on the hub; `{link}` is its name.
+pub const DEFAULT_STATE_TOPIC: &str = "ferry/{link}/state";
 const DEFAULT_HUB_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 1883;
 const DEFAULT_HUB_CLIENT_ID: &str = "ferry-hub";
@@ -48,8 +51,16 @@ pub struct Config {
     pub source: PathBuf,
     pub data_dir: PathBuf,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
     pub hub: HubConfig,
     pub links: Vec<LinkConfig>,
+}
+
+/// The admin API (JSON over HTTP): status, link control, reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API listens; None when `listen = "off"`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +78,9 @@ pub struct HubConfig {
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The retained state topic pattern ("{link}" is replaced by the
+    /// link's name); None when `state_topic = "off"`.
+    pub state_topic: Option<String>,
 }
 
 /// One remote (edge) broker and the routes between it and the hub.
@@ -95,7 +109,8 @@ pub struct LinkConfig {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Hub -> edge.
     Out,
@@ -330,6 +345,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    admin: RawMetrics,
+    #[serde(default)]
     hub: RawHub,
     #[serde(default)]
     defaults: RawTuning,
@@ -351,6 +368,7 @@ struct RawHub {
     client_id: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
+    state_topic: Option<Spanned<String>>,
 }
 
 /// The per-link settings that `[defaults]` can set for every link.
@@ -970,10 +988,30 @@ fn check_names_and_client_ids(
 
     // Every client id in use: (id, link name, line, whose connection).
     let mut hub_ids: HashMap<String, (&str, usize)> = HashMap::new();
+    // Each link uses three client ids on the hub: ingest "<base>-<name>",
+    // drain "...-pub" and state "...-state". Names like "a" and "a-pub"
+    // would share one.
+    let mut derived_hub_ids: HashMap<String, (&str, usize)> = HashMap::new();
     for link in links {
         let name = link.get_ref().name.get_ref();
         let line = line_of(text, &link.get_ref().name.span());
-        hub_ids.insert(hub_client_id(hub_client_id_base, name), (name, line));
+        let id = hub_client_id(hub_client_id_base, name);
+        for derived in [id.clone(), format!("{id}-pub"), format!("{id}-state")] {
+            match derived_hub_ids.get(&derived) {
+                Some((other, other_line)) if *other != name => problems.push(Problem::at(
+                    link.get_ref().name.span(),
+                    format!(
+                        "link {name:?} would use the hub client id {derived:?}, which link \
+                         {other:?} (line {other_line}) uses too (ferry adds \"-pub\" and \
+                         \"-state\" to each link's hub client id); rename one of them"
+                    ),
+                )),
+                _ => {
+                    derived_hub_ids.insert(derived, (name, line));
+                }
+            }
+        }
+        hub_ids.insert(id, (name, line));
     }
     let mut edge_ids: HashMap<String, (&str, usize)> = HashMap::new();
     for link in links {
@@ -1029,33 +1067,15 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
         Some(dir) => problems.take(non_empty("data_dir", dir)).map(PathBuf::from),
     };
 
-    let listen = problems.take(match &raw.metrics.listen {
-        None => DEFAULT_METRICS_LISTEN
-            .parse()
-            .map(Some)
-            .map_err(|_| Problem::nowhere("built-in metrics address is invalid")),
-        Some(listen) if listen.get_ref() == "off" => Ok(None),
-        Some(listen) => listen
-            .get_ref()
-            .parse::<SocketAddr>()
-            .map(Some)
-            .map_err(|_| {
-                Problem::at(
-                    listen.span(),
-                    format!(
-                    "metrics listen must be an IP address with a port, like \"127.0.0.1:9464\", \
-                     or \"off\"; got {:?}",
-                    listen.get_ref()
-                ),
-                )
-            }),
-    });
+    let listen = problems.take(listen_address("metrics", &raw.metrics.listen, DEFAULT_METRICS_LISTEN));
+    let admin_listen = problems.take(listen_address("admin", &raw.admin.listen, DEFAULT_ADMIN_LISTEN));
 
     let hub_raw = &raw.hub;
     let hub_host = problems.take_optional(&hub_raw.host, |host| non_empty("host", host));
     let hub_port = problems.take_optional(&hub_raw.port, port_value);
     let hub_client_id = problems.take_optional(&hub_raw.client_id, |id| non_empty("client_id", id));
     let hub_credentials = problems.take(credentials(&hub_raw.username, &hub_raw.password));
+    let state_topic = problems.take(state_topic(&hub_raw.state_topic));
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
@@ -1093,6 +1113,9 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
         metrics: MetricsConfig {
             listen: listen.ok_or_else(incomplete)?,
         },
+        admin: AdminConfig {
+            listen: admin_listen.ok_or_else(incomplete)?,
+        },
         hub: HubConfig {
             host: hub_host
                 .ok_or_else(incomplete)?
@@ -1101,12 +1124,83 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
             client_id: hub_client_id.ok_or_else(incomplete)?,
             username,
             password,
+            state_topic: state_topic.ok_or_else(incomplete)?,
         },
         links: links
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(incomplete)?,
     })
+}
+
+/// `[<section>] listen`: an IP address with a port, or "off".
+fn listen_address(
+    section: &str,
+    raw: &Option<Spanned<String>>,
+    default: &str,
+) -> Result<Option<SocketAddr>, Problem> {
+    match raw {
+        None => default
+            .parse()
+            .map(Some)
+            .map_err(|_| Problem::nowhere(format!("built-in {section} address is invalid"))),
+        Some(listen) if listen.get_ref() == "off" => Ok(None),
+        Some(listen) => listen.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+            Problem::at(
+                listen.span(),
+                format!(
+                    "{section} listen must be an IP address with a port, like \"{default}\", \
+                     or \"off\"; got {:?}",
+                    listen.get_ref()
+                ),
+            )
+        }),
+    }
+}
+
+/// `[hub] state_topic`: a topic with exactly one "{link}", or "off".
+fn state_topic(raw: &Option<Spanned<String>>) -> Result<Option<String>, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Some(DEFAULT_STATE_TOPIC.to_owned()));
+    };
+    let pattern = raw.get_ref();
+    if pattern == "off" {
+        return Ok(None);
+    }
+    if pattern.matches("{link}").count() != 1 {
+        return Err(Problem::at(
+            raw.span(),
+            format!(
+                "state_topic must contain \"{{link}}\" exactly once (each link needs its own \
+                 topic), like \"{DEFAULT_STATE_TOPIC}\", or be \"off\"; got {pattern:?}"
+            ),
+        ));
+    }
+    topic::validate_topic(&pattern.replace("{link}", "x"))
+        .map(|()| Some(pattern.clone()))
+        .map_err(|why| Problem::at(raw.span(), format!("state_topic {pattern:?}: {why}")))
+}
+
+impl HubConfig {
+    /// The state topic of `link`, when state publishing is on.
+    pub fn state_topic_for(&self, link: &str) -> Option<String> {
+        self.state_topic.as_ref().map(|pattern| pattern.replace("{link}", link))
+    }
+}
+
+impl LinkConfig {
+    /// Whether `other` would run exactly like this link (only where its
+    /// routes sit in the file may differ): a reload leaves such a link alone.
+    pub fn same_behaviour(&self, other: &LinkConfig) -> bool {
+        let without_lines = |link: &LinkConfig| {
+            let mut link = link.clone();
+            for route in &mut link.routes {
+                route.line = 0;
+            }
+            link
+        };
+        without_lines(self) == without_lines(other)
+    }
 }
 
 impl Config {
@@ -1151,6 +1245,10 @@ impl Config {
             Some(address) => format!("metrics   http://{address}/metrics"),
             None => "metrics   off".to_owned(),
         });
+        line(match self.admin.listen {
+            Some(address) => format!("admin     http://{address}/v1/links"),
+            None => "admin     off".to_owned(),
+        });
         let hub = &self.hub;
         line(format!(
             "hub       {}:{}  client id {:?} (each link adds \"-<name>\"){}",
@@ -1159,6 +1257,10 @@ impl Config {
             hub.client_id,
             describe_credentials(&hub.username, &hub.password)
         ));
+        line(match &hub.state_topic {
+            Some(pattern) => format!("state     retained on the hub at {pattern:?}"),
+            None => "state     off".to_owned(),
+        });
         line(format!(
             "{} link{}",
             self.links.len(),

@@ -4,8 +4,11 @@
 //! came from, and leaves the disk only after the broker it goes to
 //! acknowledged it. See docs/architecture.md for the delivery chain.
 
+pub mod admin;
+pub mod admin_client;
 pub mod backoff;
 pub mod config;
+pub mod control;
 pub mod fault;
 #[cfg(feature = "fuzzing")] pub mod fuzzing;
 pub mod link;

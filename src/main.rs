@@ -1,10 +1,15 @@
-//! The `ferry` command line: `run` the bridge, `check` a configuration.
+//! The `ferry` command line: `run` the bridge, `check` a configuration,
+//! see and steer a running ferry (`status`, `link`, `reload`), and work on
+//! the store of a stopped one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+
 use clap::{Parser, Subcommand};
 
+use ferry::admin_client;
 use ferry::config::Config;
 
 /// ferry: a durable store-and-forward MQTT bridge.
@@ -40,9 +45,79 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show every link of a running ferry: state, queues, last error.
+    ///
+    /// Asks the admin API ([admin] listen in the config). STATE is one of
+    /// connected, connecting (retrying; see LAST ERROR), paused, draining,
+    /// restarting, disabled, stopped. OLDEST is the age of the oldest queued
+    /// message. Exits 1 when ferry cannot be reached.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the API's JSON instead of the table (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause, resume, restart or drain one link of a running ferry.
+    ///
+    /// pause:   stop forwarding; messages keep being received and queued.
+    /// resume:  forward (and receive) again.
+    /// restart: close and reopen all of the link's connections.
+    /// drain:   stop receiving (the source brokers hold new messages in
+    ///          ferry's sessions), forward until the queues are empty, then
+    ///          pause. Use before maintenance of the link or of ferry.
+    /// Other links are not touched. A pause lasts until resume, a reload
+    /// that changes the link, or a restart of ferry.
+    Link {
+        #[arg(value_enum)]
+        action: LinkAction,
+        /// The link's name, as in the config.
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make a running ferry read its config file again (like SIGHUP).
+    ///
+    /// Added links start, removed links stop (their queues stay on disk),
+    /// changed links restart, the others are not touched. A file that
+    /// `ferry check` refuses changes nothing; the error is printed.
+    Reload {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Operate on the store of a ferry that is not running.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+/// Which running ferry to talk to.
+#[derive(clap::Args, Debug)]
+struct AdminTarget {
+    /// The running ferry's configuration file; its [admin] listen is used.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "admin")]
+    config: Option<PathBuf>,
+    /// The admin API address instead, like 127.0.0.1:9465.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LinkAction {
+    Pause,
+    Resume,
+    Restart,
+    Drain,
+}
+
+impl LinkAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkAction::Pause => "pause",
+            LinkAction::Resume => "resume",
+            LinkAction::Restart => "restart",
+            LinkAction::Drain => "drain",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,6 +137,39 @@ enum StoreCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Status { target, json } => admin_call(&target, "GET", "/v1/status", |reply| {
+            if json {
+                println!("{:#}", reply.body);
+            } else {
+                print!("{}", admin_client::render_status(&reply.body, ferry::metrics::now_ms()));
+            }
+        }),
+        Command::Link { action, name, target } => {
+            let path = format!("/v1/links/{name}/{}", action.as_str());
+            admin_call(&target, "POST", &path, |_| {
+                let done = match action {
+                    LinkAction::Pause => "paused: forwarding stopped, messages keep being queued",
+                    LinkAction::Resume => "resumed",
+                    LinkAction::Restart => "restarting",
+                    LinkAction::Drain => "draining: receiving stopped; it pauses when its queues are empty",
+                };
+                println!("link {name}: {done}");
+            })
+        }
+        Command::Reload { target } => admin_call(&target, "POST", "/v1/reload", |reply| {
+            let list = |key: &str| {
+                let names: Vec<&str> =
+                    reply.body[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            };
+            println!(
+                "reloaded. added: {}; removed: {}; changed: {}; unchanged: {}",
+                list("added"),
+                list("removed"),
+                list("changed"),
+                reply.body["unchanged"].as_array().map_or(0, |a| a.len())
+            );
+        }),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
@@ -123,4 +231,36 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// One admin API request; `show` prints a successful reply.
+fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(&admin_client::Reply)) -> ExitCode {
+    let addr = match (&target.admin, &target.config) {
+        (Some(addr), _) => *addr,
+        (None, Some(config)) => match Config::load(config).map_err(|e| e.to_string()).and_then(|c| admin_client::admin_address(&c)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give --config FILE or --admin ADDR");
+            return ExitCode::from(2);
+        }
+    };
+    match admin_client::request(addr, method, path) {
+        Ok(reply) if reply.ok() => {
+            show(&reply);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("error: {}", reply.error_text());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

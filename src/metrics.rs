@@ -24,6 +24,7 @@ pub const QUEUE_MESSAGES: &str = "ferry_queue_messages";
 pub const QUEUE_BYTES: &str = "ferry_queue_bytes";
 pub const QUEUE_OLDEST_AGE: &str = "ferry_queue_oldest_age_seconds";
 pub const LINK_UP: &str = "ferry_link_up";
+pub const LINK_PAUSED: &str = "ferry_link_paused";
 pub const CONNECTION_UP: &str = "ferry_connection_up";
 pub const RECONNECTS: &str = "ferry_reconnects_total";
 pub const TASK_RESTARTS: &str = "ferry_task_restarts_total";
@@ -79,6 +80,7 @@ fn describe() {
     describe_gauge!(QUEUE_BYTES, Unit::Bytes, "Bytes (encoded records) waiting in the queue.");
     describe_gauge!(QUEUE_OLDEST_AGE, Unit::Seconds, "Age of the oldest queued message; 0 when empty.");
     describe_gauge!(LINK_UP, "1 when every connection of the link is up.");
+    describe_gauge!(LINK_PAUSED, "1 while the operator has the link paused or draining (ferry link pause|drain).");
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
     describe_counter!(TASK_RESTARTS, "Times the supervisor restarted a link's tasks after one died.");

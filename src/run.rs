@@ -1,5 +1,6 @@
-//! `ferry run`: open the store, start one supervisor per link, and stop
-//! them all cleanly on SIGTERM/SIGINT.
+//! `ferry run`: open the store, start one supervisor per link, apply
+//! reloads (SIGHUP or the admin API), and stop them all cleanly on
+//! SIGTERM/SIGINT.
 //!
 //! The store is shared by every link, and sled refuses every operation once
 //! a write failed (a full disk) until the database is opened again. So `run`
@@ -8,17 +9,20 @@
 //! rest), the store is dropped, and once the filesystem has room again it is
 //! opened anew and the links start again. The process never exits for it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, LinkConfig};
-use crate::link::supervisor::supervise;
-use crate::store::Store;
+use crate::config::{Config, HubConfig, LinkConfig};
+use crate::control::{plan_reload, Control, LinkHandle, ReloadReport, ReloadRequest};
+use crate::link::supervisor::{supervise, Supervised};
+use crate::store::{QueueLimits, Store};
 
 /// Free space the store's filesystem needs before a failed store is opened
 /// again: room for sled's next segments and a few batches.
@@ -28,20 +32,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::metrics::install(config.metrics.listen)?;
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone()).context("cannot install signal handlers")?;
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let control = Control::new(&config, reload_tx.clone());
+    if let Some(addr) = config.admin.listen {
+        crate::admin::serve(addr, control.clone(), shutdown.clone()).await?;
+    }
+    crate::shutdown::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
+    let mut config = config;
 
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
     let mut store = open_store(&config.data_dir).await?;
-    tracing::info!(data_dir = %config.data_dir.display(), links = config.links.len(), "store open");
+    control.set_ready(None);
     for link in config.links.iter().filter(|l| !l.enabled) {
         tracing::info!(link = %link.name, "link disabled in config; its queues stay on disk");
     }
     let mut reopen_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
-        let failed = run_links(&config, &store, &shutdown).await;
+        let failed = run_links(&mut config, &store, &shutdown, &control, &mut reload_rx).await;
         if !failed {
             break;
         }
+        control.set_ready(Some("the store failed (a full disk?): links are stopped until it can be opened again".into()));
         tracing::error!(data_dir = %config.data_dir.display(), "the store failed (see the errors above; a full disk?): all links stopped; the store will be opened again when the filesystem has room");
         drop(store);
         store = loop {
@@ -62,9 +74,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         reopen_backoff.reset();
+        control.set_ready(None);
         tracing::info!("store opened again; starting the links");
     }
 
+    control.set_ready(Some("shutting down".into()));
     let flushed = tokio::task::spawn_blocking(move || store.checkpoint()).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("store flushed; bye"),
@@ -74,71 +88,169 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A store this large gets a log line before it is opened (it takes a while).
+const LARGE_STORE_BYTES: u64 = 64 << 20;
+
 async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
     let dir = data_dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await.context("store open task failed")??;
+    let began = std::time::Instant::now();
+    let store = tokio::task::spawn_blocking(move || {
+        let size = dir_size(&dir.join("store"));
+        if size >= LARGE_STORE_BYTES {
+            tracing::info!(data_dir = %dir.display(), size_mib = size >> 20, "opening a large store; this can take a while");
+        }
+        let store = Store::open(&dir)?;
+        // Count what is waiting, per queue (read from each queue's counters).
+        let mut queued = 0u64;
+        let names = store.queue_names();
+        for name in &names {
+            queued += store.queue(name, QueueLimits::UNBOUNDED)?.depth().messages;
+        }
+        tracing::info!(data_dir = %dir.display(), size_mib = size >> 20, queues = names.len(), queued, elapsed_ms = began.elapsed().as_millis() as u64, "store open");
+        Ok::<_, crate::store::StoreError>(store)
+    })
+    .await
+    .context("store open task failed")??;
     Ok(store)
 }
 
-/// Runs every enabled link until shutdown (returns false) or until the
-/// store fails (returns true, after every link has stopped).
-async fn run_links(config: &Config, store: &Store, shutdown: &CancellationToken) -> bool {
+/// Bytes of the regular files under `dir` (0 when it does not exist).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// A started link supervisor.
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Runs every configured link until shutdown (returns false) or until the
+/// store fails (returns true, after every link has stopped). Reloads the
+/// config when asked.
+async fn run_links(
+    config: &mut Config,
+    store: &Store,
+    shutdown: &CancellationToken,
+    control: &Control,
+    reloads: &mut mpsc::Receiver<ReloadRequest>,
+) -> bool {
     let generation = shutdown.child_token();
-    let mut supervisors = JoinSet::new();
-    for link in config.links.iter().filter(|l| l.enabled) {
-        spawn_supervisor(&mut supervisors, link.clone(), config, store, &generation);
+    let mut running = BTreeMap::new();
+    for link in &config.links {
+        start_link(link, &config.hub, store, &generation, control, &mut running);
     }
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let failed = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break false,
-            _ = check.tick() => if store.is_poisoned() { break true },
-            done = supervisors.join_next() => {
+            Some(request) = reloads.recv() => {
+                let outcome = reload(config, store, &generation, control, &mut running).await;
+                match &outcome {
+                    Ok(report) => tracing::info!(config = %config.source.display(), "config reloaded: {}", report.summary()),
+                    Err(e) => tracing::error!(config = %config.source.display(), error = %e, "reload refused; the running config stays"),
+                }
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            _ = check.tick() => {
+                if store.is_poisoned() {
+                    break true;
+                }
                 // A supervisor ends only when told to. If one ends otherwise
                 // (a bug in the supervisor itself), start it again: one link
                 // never stops ferry.
-                let name = match done {
-                    Some(Ok(name)) => name,
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "a link supervisor failed; ferry keeps running");
-                        continue;
+                let ended: Vec<String> = running
+                    .iter()
+                    .filter(|(_, r)| r.task.is_finished())
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in ended {
+                    tracing::error!(link = %name, "link supervisor ended unexpectedly; starting it again");
+                    running.remove(&name);
+                    if let Some(link) = config.links.iter().find(|l| l.name == name) {
+                        start_link(link, &config.hub, store, &generation, control, &mut running);
                     }
-                    None => {
-                        // No links at all: wait for shutdown or failure.
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break false,
-                            _ = tokio::time::sleep(Duration::from_secs(3600)) => continue,
-                        }
-                    }
-                };
-                tracing::error!(link = %name, "link supervisor ended unexpectedly; starting it again");
-                if let Some(link) = config.links.iter().find(|l| l.name == name) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    spawn_supervisor(&mut supervisors, link.clone(), config, store, &generation);
                 }
             }
         }
     };
     generation.cancel();
-    while supervisors.join_next().await.is_some() {}
+    for (_, r) in running {
+        let _ = r.task.await;
+    }
     failed
 }
 
-fn spawn_supervisor(
-    set: &mut JoinSet<String>,
-    link: LinkConfig,
-    config: &Config,
+fn start_link(
+    link: &LinkConfig,
+    hub: &HubConfig,
     store: &Store,
-    stop: &CancellationToken,
+    generation: &CancellationToken,
+    control: &Control,
+    running: &mut BTreeMap<String, Running>,
 ) {
-    let hub = config.hub.clone();
-    let store = store.clone();
-    let stop = stop.clone();
-    set.spawn(async move {
-        let name = link.name.clone();
-        supervise(link, hub, store, stop).await;
-        name
-    });
+    let status = control.status_for(link);
+    let (commands_tx, commands) = mpsc::channel(16);
+    let stop = generation.child_token();
+    control.insert(LinkHandle { config: link.clone(), status: status.clone(), commands: commands_tx });
+    let task = tokio::spawn(supervise(Supervised {
+        link: link.clone(),
+        hub: hub.clone(),
+        store: store.clone(),
+        status,
+        commands,
+        stop: stop.clone(),
+    }));
+    running.insert(link.name.clone(), Running { stop, task });
+}
+
+/// Reads the config file again and applies it: added links start, removed
+/// links stop (their queues stay on disk), changed links restart, the rest
+/// are not touched. A file that `ferry check` would refuse changes nothing.
+async fn reload(
+    config: &mut Config,
+    store: &Store,
+    generation: &CancellationToken,
+    control: &Control,
+    running: &mut BTreeMap<String, Running>,
+) -> Result<ReloadReport, String> {
+    let path = config.source.clone();
+    let new = tokio::task::spawn_blocking(move || Config::load(&path))
+        .await
+        .map_err(|e| format!("reading the config failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let report = plan_reload(config, &new)?;
+    let mut stopping = Vec::new();
+    for name in report.removed.iter().chain(&report.changed) {
+        if let Some(r) = running.remove(name) {
+            r.stop.cancel();
+            stopping.push(r.task);
+        }
+    }
+    for task in stopping {
+        let _ = task.await;
+    }
+    for name in &report.removed {
+        control.remove(name);
+        tracing::info!(link = %name, "link removed by reload; its queues stay on disk (ferry queue purge deletes them)");
+    }
+    *config = new;
+    for name in report.added.iter().chain(&report.changed) {
+        if let Some(link) = config.links.iter().find(|l| &l.name == name) {
+            start_link(link, &config.hub, store, generation, control, running);
+        }
+    }
+    Ok(report)
 }
 
 /// Waits until the filesystem of `dir` has room to write again.

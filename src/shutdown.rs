@@ -1,4 +1,5 @@
-//! One shutdown signal that every task listens to.
+//! Signals: one shutdown signal that every task listens to, and SIGHUP as
+//! a reload request.
 //!
 //! SIGTERM or SIGINT cancels the root token; every link supervisor holds a
 //! child of it. Tasks finish what they were doing (an ingest batch is
@@ -18,6 +19,21 @@ pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
         };
         tracing::info!(signal = name, "shutting down: committing and closing connections");
         token.cancel();
+    });
+    Ok(())
+}
+
+/// Sends a reload request on every SIGHUP (the outcome is logged).
+pub fn reload_on_sighup(requests: tokio::sync::mpsc::Sender<crate::control::ReloadRequest>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading the config");
+            if requests.send(crate::control::ReloadRequest { reply: None }).await.is_err() {
+                return;
+            }
+        }
     });
     Ok(())
 }

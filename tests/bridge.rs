@@ -207,6 +207,8 @@ async fn qos0_and_qos2_routes_deliver() {
         r#"data_dir = "{data}"
 [metrics]
 listen = "127.0.0.1:{metrics}"
+[admin]
+listen = "off"
 [hub]
 port = {hub}
 [defaults]

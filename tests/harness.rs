@@ -546,6 +546,9 @@ fn ferry_config(
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 
+[admin]
+listen = "off"
+
 [hub]
 host = "127.0.0.1"
 port = {hub_port}

@@ -17,7 +17,6 @@
 //! broker sends *something* at least that often; silence for 1.5 x keepalive
 //! drops the connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics as m;
+
+use super::status::ConnStatus;
 
 /// Which broker a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub enum Role {
     Ingest,
     /// Publishes the queue: clean session.
     Drain,
+    /// Publishes the link's retained state; its last will marks it offline.
+    State,
 }
 
 impl Role {
@@ -65,6 +68,7 @@ impl Role {
         match self {
             Role::Ingest => "ingest",
             Role::Drain => "drain",
+            Role::State => "state",
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct ConnectionSpec {
     pub inflight: u16,
     pub max_packet_bytes: u32,
     pub subscriptions: Vec<Subscription>,
+    /// What the broker publishes when the connection dies without a DISCONNECT.
+    pub will: Option<rumqttc::v5::mqttbytes::v5::LastWill>,
 }
 
 /// What the connection task hands to its owner, in order.
@@ -141,7 +147,10 @@ impl ConnectionSpec {
         let mut o = MqttOptions::new(e.client_id.clone(), e.host.clone(), e.port);
         o.set_keep_alive(self.keepalive);
         o.set_manual_acks(self.role == Role::Ingest);
-        o.set_clean_start(self.role == Role::Drain);
+        o.set_clean_start(self.role != Role::Ingest);
+        if let Some(will) = &self.will {
+            o.set_last_will(will.clone());
+        }
         if self.role == Role::Ingest {
             // The session (and the messages the broker holds for it) must
             // outlive ferry being away: "never expires" in MQTT v5.
@@ -179,7 +188,7 @@ pub async fn run(
     spec: ConnectionSpec,
     events: mpsc::Sender<ConnEvent>,
     stop: CancellationToken,
-    up: Arc<AtomicBool>,
+    status: Arc<ConnStatus>,
 ) {
     let labels = spec.labels();
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
@@ -201,15 +210,19 @@ pub async fn run(
                     false
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(link, side, role, %addr, error = %e, "cannot connect");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(link, side, role, %addr, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect");
                     counter!(m::RECONNECTS, &labels).increment(1);
-                    sleep_or_stop(backoff.next_delay(), &stop).await;
+                    status.set_down(&format!("cannot connect to {addr}: {e}"), delay.as_millis() as u64);
+                    sleep_or_stop(delay, &stop).await;
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(link, side, role, %addr, "cannot connect: timed out");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(link, side, role, %addr, retry_in_ms = delay.as_millis() as u64, "cannot connect: timed out");
                     counter!(m::RECONNECTS, &labels).increment(1);
-                    sleep_or_stop(backoff.next_delay(), &stop).await;
+                    status.set_down(&format!("cannot connect to {addr}: timed out"), delay.as_millis() as u64);
+                    sleep_or_stop(delay, &stop).await;
                     continue;
                 }
             }
@@ -219,11 +232,12 @@ pub async fn run(
             // resend every retained message: a storm on each reconnect.
             if let Err(e) = subscribe(&client, &spec.subscriptions).await {
                 tracing::warn!(link, side, role, error = %e, "cannot subscribe");
+                status.set_down(&format!("cannot subscribe on {addr}: {e}"), 0);
                 continue;
             }
         }
         let connected_at = Instant::now();
-        up.store(true, Ordering::Relaxed);
+        status.set_up();
         gauge!(m::CONNECTION_UP, &labels).set(1.0);
         tracing::info!(link, side, role, %addr, session_present, "connected");
         if events.send(ConnEvent::Up { epoch, client: client.clone() }).await.is_err() {
@@ -231,23 +245,25 @@ pub async fn run(
         }
 
         let reason = drive(&spec, &mut eventloop, &events, &stop, epoch, dead_after).await;
-        up.store(false, Ordering::Relaxed);
         gauge!(m::CONNECTION_UP, &labels).set(0.0);
         let Some(reason) = reason else {
             // Stopped on purpose: flush what the owner queued, then close.
+            status.set_closed();
             close(&client, &mut eventloop).await;
             let _ = events.send(ConnEvent::Down { epoch }).await;
             return;
         };
-        tracing::warn!(link, side, role, %addr, error = %reason, "connection lost");
-        counter!(m::RECONNECTS, &labels).increment(1);
-        if events.send(ConnEvent::Down { epoch }).await.is_err() {
-            return;
-        }
         if connected_at.elapsed() >= Duration::from_secs(10) {
             backoff.reset();
         }
-        sleep_or_stop(backoff.next_delay(), &stop).await;
+        let delay = backoff.next_delay();
+        tracing::warn!(link, side, role, %addr, error = %reason, retry_in_ms = delay.as_millis() as u64, "connection lost");
+        counter!(m::RECONNECTS, &labels).increment(1);
+        status.set_down(&format!("connection to {addr} lost: {reason}"), delay.as_millis() as u64);
+        if events.send(ConnEvent::Down { epoch }).await.is_err() {
+            return;
+        }
+        sleep_or_stop(delay, &stop).await;
     }
 }
 

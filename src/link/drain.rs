@@ -42,6 +42,49 @@ pub struct Drain {
     pub connection_stop: CancellationToken,
 }
 
+/// A backlog at least this long gets progress lines while it drains.
+const PROGRESS_MIN_BACKLOG: u64 = 10_000;
+/// How often a draining backlog logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// The progress of draining one long backlog, for the log.
+#[derive(Default)]
+struct Progress {
+    /// While a backlog drains: when it started, forwarded total then.
+    episode: Option<(std::time::Instant, u64)>,
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl Progress {
+    fn observe(&mut self, link: &str, direction: Direction, queue: &Queue, connected: bool) {
+        let (depth, totals) = queue.stats();
+        let (left, forwarded) = (depth.messages, totals.forwarded);
+        let now = std::time::Instant::now();
+        match self.episode {
+            None if connected && left >= PROGRESS_MIN_BACKLOG => {
+                tracing::info!(link, %direction, messages_left = left, "draining a backlog");
+                self.episode = Some((now, forwarded));
+            }
+            None => {}
+            Some((began, forwarded_before)) if left == 0 => {
+                let secs = now.duration_since(began).as_secs_f64().max(0.001);
+                let sent = forwarded.saturating_sub(forwarded_before);
+                tracing::info!(link, %direction, forwarded = sent, secs = format!("{secs:.1}"), rate_per_sec = (sent as f64 / secs) as u64, "backlog drained");
+                self.episode = None;
+            }
+            Some(_) if connected => {
+                if let Some((at, before)) = self.last {
+                    let rate = forwarded.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(0.001);
+                    let eta = if rate >= 1.0 { format!("{:.0}s", left as f64 / rate) } else { "unknown (no progress)".to_string() };
+                    tracing::info!(link, %direction, messages_left = left, rate_per_sec = rate as u64, eta = %eta, "draining a backlog");
+                }
+            }
+            Some(_) => {}
+        }
+        self.last = Some((now, forwarded));
+    }
+}
+
 /// One publish on the wire.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
@@ -82,6 +125,9 @@ impl Drain {
         let mut w = Window::default();
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress_tick = tokio::time::interval(PROGRESS_EVERY);
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress = Progress::default();
         loop {
             self.settle(&mut w).await;
             self.fill(&mut w).await;
@@ -95,6 +141,7 @@ impl Drain {
                 },
                 _ = self.queue.appended().notified(), if room => {}
                 _ = expiry_tick.tick(), if self.ttl.is_some() => self.expire(),
+                _ = progress_tick.tick() => progress.observe(&self.link, self.direction, &self.queue, w.client.is_some()),
             }
             // Take every event already waiting before touching the store.
             while let Ok(ev) = self.events.try_recv() {

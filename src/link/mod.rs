@@ -17,9 +17,10 @@
 pub mod connection;
 pub mod drain;
 pub mod ingest;
+pub mod state_topic;
+pub mod status;
 pub mod supervisor;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::QoS;
@@ -31,6 +32,7 @@ use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
 
 use connection::{ConnectionSpec, Endpoint, Role, Side, Subscription};
+use status::ConnStatus;
 
 /// The queue name of a link's direction: "<link>/<out|in>".
 pub fn queue_name(link: &str, direction: Direction) -> String {
@@ -77,30 +79,39 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
     (hub_ep, edge_ep)
 }
 
-/// Connection health of one running link, read by the metrics reporter.
-#[derive(Default)]
-pub struct Health {
-    pub connections: Vec<Arc<AtomicBool>>,
+/// The two halves of a running link, which the operator can stop and
+/// start separately: receiving into the queues, and forwarding from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    /// The ingest connections and their committers.
+    Ingest,
+    /// The drain connections and their drainers.
+    Drain,
 }
 
-impl Health {
-    pub fn all_up(&self) -> bool {
-        !self.connections.is_empty() && self.connections.iter().all(|c| c.load(Ordering::Relaxed))
+impl Half {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Half::Ingest => "ingest",
+            Half::Drain => "drain",
+        }
     }
 }
 
-/// Spawns every task of one link into `tasks`. All of them stop when
-/// `stop` is cancelled: ingest first commits and acknowledges what it has.
-pub fn spawn_tasks(
+/// Spawns one half of a link, for every direction it has, into `tasks`.
+/// All of them stop when `stop` is cancelled: ingest first commits and
+/// acknowledges what it holds. Returns the status of each connection.
+pub fn spawn_half(
+    half: Half,
     link: &LinkConfig,
     hub: &HubConfig,
     store: &Store,
     queues: &[(Direction, Queue)],
     stop: &CancellationToken,
     tasks: &mut JoinSet<&'static str>,
-) -> Health {
+) -> Vec<Arc<ConnStatus>> {
     let (hub_ep, edge_ep) = endpoints(link, hub);
-    let mut health = Health::default();
+    let mut connections = Vec::new();
     for (direction, queue) in queues {
         let direction = *direction;
         let routes: Vec<_> = link.routes(direction).cloned().collect();
@@ -109,88 +120,99 @@ pub fn spawn_tasks(
             Direction::In => (Side::Edge, edge_ep.clone(), Side::Hub, hub_ep.clone()),
         };
         dest_ep.client_id.push_str("-pub");
-        let base = |side, role, endpoint, subscriptions| ConnectionSpec {
-            link: link.name.clone(),
-            side,
-            role,
-            endpoint,
-            keepalive: link.keepalive,
-            reconnect_min: link.reconnect_min,
-            reconnect_max: link.reconnect_max,
-            inflight: link.inflight,
-            max_packet_bytes: link.max_message_bytes.saturating_add(64 * 1024),
-            subscriptions,
-        };
-        // Subscribe at QoS <= 1: rumqttc forgets incoming QoS 2 state on
-        // reconnect and would reject the broker's PUBREL retransmission.
-        // The destination still gets the route's QoS.
-        let subscriptions = routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Subscription {
-                filter: r.source_filter().to_string(),
-                qos: if r.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
-                id: i + 1,
-            })
-            .collect();
-        let ingest_spec = base(source_side, Role::Ingest, source_ep, subscriptions);
-        let drain_spec = base(dest_side, Role::Drain, dest_ep, Vec::new());
         let capacity = connection::channel_capacity(link.inflight);
-
-        // Ingest: connection task + committer; the committer stops the
-        // connection once its last acks are queued.
-        let (ingest_tx, ingest_rx) = mpsc::channel(capacity);
-        let ingest_conn_stop = CancellationToken::new();
-        let up = Arc::new(AtomicBool::new(false));
-        health.connections.push(up.clone());
-        tasks.spawn(connection_task(ingest_spec, ingest_tx, ingest_conn_stop.clone(), up));
-        let ingest = ingest::Ingest {
-            link: link.name.clone(),
-            direction,
-            routes,
-            store: store.clone(),
-            queue: queue.clone(),
-            events: ingest_rx,
-            shutdown: stop.clone(),
-            connection_stop: ingest_conn_stop,
-            held_max: capacity,
-        };
-        tasks.spawn(async move {
-            ingest.run().await;
-            "ingest"
-        });
-
-        // Drain: connection task + drainer.
-        let (drain_tx, drain_rx) = mpsc::channel(capacity);
-        let drain_conn_stop = CancellationToken::new();
-        let up = Arc::new(AtomicBool::new(false));
-        health.connections.push(up.clone());
-        tasks.spawn(connection_task(drain_spec, drain_tx, drain_conn_stop.clone(), up));
-        let drain = drain::Drain {
-            link: link.name.clone(),
-            direction,
-            store: store.clone(),
-            queue: queue.clone(),
-            window: link.inflight as usize,
-            ttl: link.message_ttl,
-            events: drain_rx,
-            shutdown: stop.clone(),
-            connection_stop: drain_conn_stop,
-        };
-        tasks.spawn(async move {
-            drain.run().await;
-            "drain"
-        });
+        let (events_tx, events_rx) = mpsc::channel(capacity);
+        let connection_stop = CancellationToken::new();
+        match half {
+            Half::Ingest => {
+                // Subscribe at QoS <= 1: rumqttc forgets incoming QoS 2 state on
+                // reconnect and would reject the broker's PUBREL retransmission.
+                // The destination still gets the route's QoS.
+                let subscriptions = routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Subscription {
+                        filter: r.source_filter().to_string(),
+                        qos: if r.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+                        id: i + 1,
+                    })
+                    .collect();
+                let spec = connection_spec(link, source_side, Role::Ingest, source_ep, subscriptions);
+                let status = ConnStatus::new(direction, source_side, Role::Ingest);
+                connections.push(status.clone());
+                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
+                // The committer stops the connection once its last acks are queued.
+                let ingest = ingest::Ingest {
+                    link: link.name.clone(),
+                    direction,
+                    routes,
+                    store: store.clone(),
+                    queue: queue.clone(),
+                    events: events_rx,
+                    shutdown: stop.clone(),
+                    connection_stop,
+                    held_max: capacity,
+                };
+                tasks.spawn(async move {
+                    ingest.run().await;
+                    "ingest"
+                });
+            }
+            Half::Drain => {
+                let spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
+                let status = ConnStatus::new(direction, dest_side, Role::Drain);
+                connections.push(status.clone());
+                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
+                let drain = drain::Drain {
+                    link: link.name.clone(),
+                    direction,
+                    store: store.clone(),
+                    queue: queue.clone(),
+                    window: link.inflight as usize,
+                    ttl: link.message_ttl,
+                    events: events_rx,
+                    shutdown: stop.clone(),
+                    connection_stop,
+                };
+                tasks.spawn(async move {
+                    drain.run().await;
+                    "drain"
+                });
+            }
+        }
     }
-    health
+    connections
+}
+
+/// The settings of one of the link's connections.
+pub fn connection_spec(
+    link: &LinkConfig,
+    side: Side,
+    role: Role,
+    endpoint: Endpoint,
+    subscriptions: Vec<Subscription>,
+) -> ConnectionSpec {
+    ConnectionSpec {
+        link: link.name.clone(),
+        side,
+        role,
+        endpoint,
+        keepalive: link.keepalive,
+        reconnect_min: link.reconnect_min,
+        reconnect_max: link.reconnect_max,
+        inflight: link.inflight,
+        max_packet_bytes: link.max_message_bytes.saturating_add(64 * 1024),
+        subscriptions,
+        will: None,
+    }
 }
 
 async fn connection_task(
     spec: ConnectionSpec,
     events: mpsc::Sender<connection::ConnEvent>,
     stop: CancellationToken,
-    up: Arc<AtomicBool>,
+    status: Arc<ConnStatus>,
 ) -> &'static str {
-    connection::run(spec, events, stop, up).await;
+    connection::run(spec, events, stop, status).await;
     "connection"
 }

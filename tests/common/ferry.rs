@@ -271,7 +271,8 @@ impl Ferry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_config(&mut self, config_toml: &str) {
+    /// Replaces the config file (the running ferry reads it on reload).
+    pub fn write_config(&mut self, config_toml: &str) {
         let path = self.config_path();
         fs::write(&path, config_toml)
             .unwrap_or_else(|e| panic!("Ferry: cannot write {}: {e}", path.display()));

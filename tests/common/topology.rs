@@ -20,6 +20,8 @@ pub struct Topology {
     pub edges: Vec<Broker>,
     pub data: tempfile::TempDir,
     pub metrics_port: u16,
+    /// Where ferry's admin API listens (`ferry status --admin`).
+    pub admin_port: u16,
     pub extra: String,
     /// `keepalive_secs` of every link (default 5).
     pub keepalive_secs: u64,
@@ -32,6 +34,7 @@ impl Topology {
             edges: (0..n).map(|_| Broker::start()).collect(),
             data: Ferry::data_dir_for_test(),
             metrics_port: free_port(),
+            admin_port: free_port(),
             extra: extra_defaults.to_string(),
             keepalive_secs: 5,
         }
@@ -44,9 +47,10 @@ impl Topology {
     /// The config with link `i` pointing at `edge_port(i)` (e.g. a proxy).
     pub fn config_with_ports(&self, edge_port: impl Fn(usize) -> u16) -> String {
         let mut c = format!(
-            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n[defaults]\nkeepalive_secs = {}\nreconnect_max_ms = 1000\ninflight = 200\n{}\n",
+            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n[defaults]\nkeepalive_secs = {}\nreconnect_max_ms = 1000\ninflight = 200\n{}\n",
             self.data.path().display(),
             self.metrics_port,
+            self.admin_port,
             self.hub.port(),
             self.keepalive_secs,
             self.extra

@@ -1,0 +1,88 @@
+//! The link's state as a retained message on the hub (`[hub] state_topic`,
+//! by default `ferry/<link>/state`), for dashboards and other clients.
+//!
+//! Each link has one small extra hub connection for it, client id
+//! "<hub client id>-<link>-state", whose last will is the retained state
+//! `offline`: when ferry dies without a goodbye (kill -9, power loss, a
+//! partition), the hub itself publishes that. While the link runs, its state
+//! (`connected`, `connecting`, `paused`, ...) is published whenever it
+//! changes; a clean stop publishes `stopped`.
+//!
+//! Payload: JSON, e.g. `{"link":"edge1","state":"connected","since_ms":1764000000000}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::metrics::now_ms;
+
+use super::connection::{self, ConnEvent, Role, Side};
+use super::status::LinkStatus;
+
+/// How often the state is compared with what was last published.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The JSON payload for `state` (a `State::as_str`, or "offline"/"stopped").
+pub fn payload(link: &str, state: &str) -> Vec<u8> {
+    serde_json::json!({ "link": link, "state": state, "since_ms": now_ms() })
+        .to_string()
+        .into_bytes()
+}
+
+/// Publishes the link's state on `topic` until `stop`, then `stopped`.
+pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<LinkStatus>, stop: CancellationToken) {
+    let (mut endpoint, _) = super::endpoints(&link, &hub);
+    endpoint.client_id.push_str("-state");
+    let mut spec = super::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
+    let offline = serde_json::json!({ "link": link.name, "state": "offline", "reason": "ferry's connection to the hub ended without a goodbye" });
+    spec.will = Some(LastWill::new(topic.clone(), offline.to_string().into_bytes(), QoS::AtLeastOnce, true, None));
+
+    let (events_tx, mut events) = mpsc::channel(64);
+    let connection_stop = CancellationToken::new();
+    // Not one of the link's forwarding connections: not in its status.
+    let connection_status = super::status::ConnStatus::new(Direction::Out, Side::Hub, Role::State);
+    let connection = tokio::spawn(connection::run(spec, events_tx, connection_stop.clone(), connection_status));
+
+    let mut client: Option<AsyncClient> = None;
+    let mut published: Option<&'static str> = None;
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Some(ConnEvent::Up { client: c, .. }) => {
+                    client = Some(c);
+                    published = None;
+                }
+                Some(ConnEvent::Down { .. }) => client = None,
+                Some(ConnEvent::Packet { .. }) => {}
+                None => break,
+            },
+            _ = check.tick() => {}
+        }
+        let Some(c) = &client else { continue };
+        let state = status.state().as_str();
+        if published != Some(state)
+            && c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, state)).is_ok()
+        {
+            tracing::debug!(link = %link.name, state, %topic, "state published");
+            published = Some(state);
+        }
+    }
+    if let Some(c) = &client {
+        let _ = c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, "stopped"));
+    }
+    // The connection sends what is queued, then DISCONNECT (so no will).
+    connection_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while events.recv().await.is_some() {}
+    })
+    .await;
+    connection.abort();
+}
