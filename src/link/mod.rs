@@ -12,7 +12,10 @@
 //! the hub. Nothing is shared between links but the store (one sled
 //! database, one tree per queue), so a link that fails, stalls or panics
 //! cannot hold up another. `supervisor` restarts a link's tasks when one
-//! of them dies.
+//! of them dies, and starts and stops the two halves ([`Half`]: ingest,
+//! drain) when the operator pauses, drains or resumes the link. `status`
+//! is what the admin API shows of it; `state_topic` publishes its state on
+//! the hub.
 
 pub mod connection;
 pub mod drain;
