@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand};
 
 use ferry::admin_client;
-use ferry::config::Config;
+use ferry::config::{Config, Direction};
+use ferry::queue_tools;
 
 /// ferry: a durable store-and-forward MQTT bridge.
 ///
@@ -85,9 +86,84 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Look into, save or delete the queues of a ferry that is not running.
+    ///
+    /// Refused while a ferry holds the data_dir: stop it first, or use
+    /// `ferry status` for live numbers.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Operate on the store of a ferry that is not running.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// Every queue in the store: messages, bytes, oldest and newest, totals.
+    ///
+    /// Queues of links no longer in the config are marked "(not in config)".
+    Stats {
+        /// The configuration file (TOML), for its data_dir.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The oldest messages of one queue: seq, age, QoS, size, topic, payload preview.
+    Peek {
+        /// The link's name.
+        link: String,
+        #[arg(short, long, value_enum, default_value = "out")]
+        direction: DirectionArg,
+        /// How many messages to show.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Every queued message of a link as JSON lines on stdout, oldest first.
+    ///
+    /// Fields: link, direction, seq, topic, qos, retain, received_at_ms,
+    /// payload_base64, properties. Both directions unless --direction.
+    Export {
+        link: String,
+        #[arg(short, long, value_enum)]
+        direction: Option<DirectionArg>,
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Delete a link's queued messages for good (both directions unless --direction).
+    ///
+    /// Without --yes it only prints what it would delete. Deleted messages
+    /// are counted as dropped with reason "purged", so the metrics still add up.
+    Purge {
+        link: String,
+        #[arg(short, long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DirectionArg {
+    /// hub -> edge
+    Out,
+    /// edge -> hub
+    In,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Direction {
+        match d {
+            DirectionArg::Out => Direction::Out,
+            DirectionArg::In => Direction::In,
+        }
+    }
 }
 
 /// Which running ferry to talk to.
@@ -181,6 +257,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Queue(command) => queue_command(command),
         Command::Store(StoreCommand::Quarantine { config }) => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,
@@ -260,6 +337,44 @@ fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn queue_command(command: QueueCommand) -> ExitCode {
+    let config_path = match &command {
+        QueueCommand::Stats { config, .. }
+        | QueueCommand::Peek { config, .. }
+        | QueueCommand::Export { config, .. }
+        | QueueCommand::Purge { config, .. } => config.clone(),
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = match command {
+        QueueCommand::Stats { json, .. } => queue_tools::stats(&config, json).map(|t| print!("{t}")),
+        QueueCommand::Peek { link, direction, count, .. } => {
+            queue_tools::peek(&config, &link, direction.into(), count).map(|t| print!("{t}"))
+        }
+        QueueCommand::Export { link, direction, .. } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            queue_tools::export(&config, &link, direction.map(Into::into), &mut out)
+                .map(|n| eprintln!("exported {n} messages"))
+        }
+        QueueCommand::Purge { link, direction, yes, .. } => {
+            queue_tools::purge(&config, &link, direction.map(Into::into), yes).map(|t| print!("{t}"))
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -67,6 +67,9 @@ pub enum Overflow {
     DropNew,
 }
 
+/// How many [`DropReason`]s there are.
+pub const DROP_REASONS: usize = 6;
+
 /// Why a message left a queue without being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
@@ -75,11 +78,19 @@ pub enum DropReason {
     TooLarge,
     Rejected,
     Corrupt,
+    /// Deleted by the operator (`ferry queue purge`).
+    Purged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] =
-        [DropReason::Overflow, DropReason::Expired, DropReason::TooLarge, DropReason::Rejected, DropReason::Corrupt];
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::Overflow,
+        DropReason::Expired,
+        DropReason::TooLarge,
+        DropReason::Rejected,
+        DropReason::Corrupt,
+        DropReason::Purged,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,6 +99,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::Rejected => "rejected",
             DropReason::Corrupt => "corrupt",
+            DropReason::Purged => "purged",
         }
     }
 
@@ -153,7 +165,7 @@ pub struct Totals {
     pub received: u64,
     pub forwarded: u64,
     /// Indexed by `DropReason as usize`.
-    pub dropped: [u64; 5],
+    pub dropped: [u64; DROP_REASONS],
 }
 
 impl Totals {
@@ -187,7 +199,34 @@ pub(crate) struct Meta {
     pub bytes: u64,
     pub received: u64,
     pub forwarded: u64,
+    pub dropped: [u64; DROP_REASONS],
+}
+
+/// The meta entry as ferry 0.1 wrote it before `purged` existed (five drop
+/// reasons); read and converted, never written.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct MetaV1 {
+    pub next_seq: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub received: u64,
+    pub forwarded: u64,
     pub dropped: [u64; 5],
+}
+
+impl From<MetaV1> for Meta {
+    fn from(v1: MetaV1) -> Meta {
+        let mut dropped = [0; DROP_REASONS];
+        dropped[..5].copy_from_slice(&v1.dropped);
+        Meta {
+            next_seq: v1.next_seq,
+            messages: v1.messages,
+            bytes: v1.bytes,
+            received: v1.received,
+            forwarded: v1.forwarded,
+            dropped,
+        }
+    }
 }
 
 /// Errors of the store; their text says what, where, and what to do.

@@ -218,6 +218,32 @@ impl Queue {
         Ok(entries)
     }
 
+    /// When the newest queued message was received (for `ferry queue stats`).
+    pub fn newest_received_at_ms(&self) -> Option<u64> {
+        let (_, v) = self.inner.tree.range(key(0)..key(u64::MAX)).next_back()?.ok()?;
+        record::decode(&v).ok().map(|r| r.received_at_ms)
+    }
+
+    /// Removes every queued message, counted as dropped (`purged`); returns
+    /// how many. Not durable until `Store::flush`.
+    pub fn purge(&self) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let seqs: Vec<u64> = self
+                .inner
+                .tree
+                .range(key(0)..key(u64::MAX))
+                .keys()
+                .take(10_000)
+                .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
+                .collect();
+            if seqs.is_empty() {
+                return Ok(purged);
+            }
+            purged += self.drop_entries(&seqs, DropReason::Purged)? as u64;
+        }
+    }
+
     pub fn first_seq(&self) -> Option<u64> {
         self.inner.tree.range(key(0)..key(u64::MAX)).next().and_then(|r| r.ok()).and_then(|(k, _)| seq_of(&k))
     }

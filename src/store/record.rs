@@ -80,8 +80,9 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     encode_value(meta)
 }
 
+/// Reads the current meta layout, or the older one with five drop reasons.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, CodecError> {
-    decode_value(bytes)
+    decode_value::<Meta>(bytes).or_else(|e| decode_value::<super::MetaV1>(bytes).map(Meta::from).map_err(|_| e))
 }
 
 #[cfg(test)]
@@ -103,6 +104,25 @@ mod tests {
                 ..Properties::default()
             },
         }
+    }
+
+    #[test]
+    fn meta_written_before_purged_existed_still_reads() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            next_seq: u64,
+            messages: u64,
+            bytes: u64,
+            received: u64,
+            forwarded: u64,
+            dropped: [u64; 5],
+        }
+        let old = encode_value(&V1 { next_seq: 9, messages: 2, bytes: 300, received: 9, forwarded: 4, dropped: [1, 1, 0, 1, 0] });
+        let meta = decode_meta(&old).unwrap();
+        assert_eq!((meta.next_seq, meta.messages, meta.received, meta.forwarded), (9, 2, 9, 4));
+        assert_eq!(meta.dropped, [1, 1, 0, 1, 0, 0]);
+        let now = Meta { dropped: [0, 0, 0, 0, 0, 7], ..meta };
+        assert_eq!(decode_meta(&encode_meta(&now)).unwrap(), now);
     }
 
     #[test]
