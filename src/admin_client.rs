@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{format_size, Config};
+use crate::human::{format_age, render_table};
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {
@@ -97,20 +98,6 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// "3h 12m", "4m 05s", "12s", "-" for nothing.
-pub fn format_age(secs: f64) -> String {
-    if secs <= 0.0 {
-        return "-".to_string();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
 /// The `ferry status` table for a `/v1/status` reply.
 pub fn render_status(view: &Value, now_ms: u64) -> String {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
@@ -173,19 +160,7 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
             last_error,
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i < 7 {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            } else {
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    out.push_str(&render_table(&rows));
     if links.is_empty() {
         out.push_str("(no links configured)\n");
     }
@@ -207,15 +182,6 @@ mod tests {
         assert!(r.ok());
         assert_eq!(r.body["a"], 1);
         assert!(parse_reply(b"garbage").is_none());
-    }
-
-    #[test]
-    fn ages_read_naturally() {
-        assert_eq!(format_age(0.0), "-");
-        assert_eq!(format_age(12.4), "12s");
-        assert_eq!(format_age(245.0), "4m 05s");
-        assert_eq!(format_age(3.0 * 3600.0 + 720.0), "3h 12m");
-        assert_eq!(format_age(2.0 * 86_400.0 + 3600.0), "2d 01h");
     }
 
     #[test]

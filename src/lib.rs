@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod fault;
+pub mod human;
 #[cfg(feature = "fuzzing")] pub mod fuzzing;
 pub mod link;
 pub mod metrics;

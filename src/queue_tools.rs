@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::json;
 
-use crate::admin_client::format_age;
+use crate::human::{format_age, render_table};
 use crate::config::{format_size, Config, Direction};
 use crate::link::queue_name;
 use crate::metrics::now_ms;
@@ -227,20 +227,6 @@ pub fn purge(config: &Config, link: &str, direction: Option<Direction>, really: 
         out.push_str("nothing deleted: run again with --yes to delete these messages for good\n");
     }
     Ok(out)
-}
-
-fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

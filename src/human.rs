@@ -1,0 +1,56 @@
+//! How ferry shows numbers to people: ages ("4m 05s") and aligned text
+//! tables, shared by `ferry status` and `ferry queue ...`.
+
+/// "3h 12m", "4m 05s", "12s"; "-" for nothing (zero or less).
+pub fn format_age(secs: f64) -> String {
+    if secs <= 0.0 {
+        return "-".to_string();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Rows as left-aligned columns, two spaces apart; the last column is not
+/// padded (it may be long, like an error message).
+pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(0.0), "-");
+        assert_eq!(format_age(12.4), "12s");
+        assert_eq!(format_age(245.0), "4m 05s");
+        assert_eq!(format_age(3.0 * 3600.0 + 720.0), "3h 12m");
+        assert_eq!(format_age(2.0 * 86_400.0 + 3600.0), "2d 01h");
+    }
+
+    #[test]
+    fn tables_align_every_column_but_the_last() {
+        let rows = [["A", "BB", "C"].map(String::from), ["xxx", "y", "a long last cell"].map(String::from)];
+        assert_eq!(render_table(&rows), "A    BB  C\nxxx  y   a long last cell\n");
+    }
+}
