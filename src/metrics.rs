@@ -111,6 +111,20 @@ pub fn report_queue(link: &str, direction: Direction, queue: &Queue, now_ms: u64
     gauge!(QUEUE_OLDEST_AGE, &labels).set(age);
 }
 
+/// A link removed by a reload: its gauges go to 0 so alerts on them stop
+/// (its counters keep their last values; what is left of its queues on disk
+/// shows in `ferry queue stats`).
+pub fn forget_link(link: &str) {
+    gauge!(LINK_UP, "link" => link.to_string()).set(0.0);
+    gauge!(LINK_PAUSED, "link" => link.to_string()).set(0.0);
+    for direction in [Direction::Out, Direction::In] {
+        let labels = [("link", link.to_string()), ("direction", direction.as_str().to_string())];
+        gauge!(QUEUE_MESSAGES, &labels).set(0.0);
+        gauge!(QUEUE_BYTES, &labels).set(0.0);
+        gauge!(QUEUE_OLDEST_AGE, &labels).set(0.0);
+    }
+}
+
 /// Milliseconds since the Unix epoch (wall clock: records survive restarts).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

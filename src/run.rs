@@ -242,6 +242,7 @@ async fn reload(
     }
     for name in &report.removed {
         control.remove(name);
+        crate::metrics::forget_link(name);
         tracing::info!(link = %name, "link removed by reload; its queues stay on disk (ferry queue purge deletes them)");
     }
     *config = new;

@@ -209,6 +209,10 @@ async fn reload_adds_removes_and_changes_links_and_refuses_a_bad_file() {
     assert_eq!(names, ["edge0", "edge1", "edge3"]);
     wait_state(&net, "edge1", "connected").await;
     assert!(ferry.log().contains("link removed by reload"), "{}", ferry.log_tail(20));
+    ferry
+        .wait_metric("ferry_link_up", &[("link", "edge2")], |v| v == 0.0, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("the removed link still looks up: {e}"));
     assert_eq!(connects(&ferry, "edge0"), edge0_connects, "edge0 blinked on a reload that did not change it");
 
     // Traffic flows on the added link; the removed one forwards nothing.
