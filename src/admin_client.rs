@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{format_size, Config};
-use crate::human::{format_age, render_table};
+use crate::config::Config;
+use crate::human::{format_age, format_bytes, render_table};
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {
@@ -124,7 +124,7 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
         let depth = |direction: &str| match queue(direction) {
             None => "-".to_string(),
             Some(q) if num(q, "messages") == 0 => "0".to_string(),
-            Some(q) => format!("{} ({})", num(q, "messages"), format_size(num(q, "bytes"))),
+            Some(q) => format!("{} ({})", num(q, "messages"), format_bytes(num(q, "bytes"))),
         };
         let oldest = |direction: &str| {
             queue(direction).map_or("-".to_string(), |q| format_age(q.get("oldest_age_secs").and_then(Value::as_f64).unwrap_or(0.0)))

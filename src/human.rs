@@ -15,6 +15,21 @@ pub fn format_age(secs: f64) -> String {
     }
 }
 
+/// Bytes for reading, not for parsing back: "0 B", "812 B", "272.5 KiB", "1.9 GiB".
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Rows as left-aligned columns, two spaces apart; the last column is not
 /// padded (it may be long, like an error message).
 pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
@@ -46,6 +61,14 @@ mod tests {
         assert_eq!(format_age(245.0), "4m 05s");
         assert_eq!(format_age(3.0 * 3600.0 + 720.0), "3h 12m");
         assert_eq!(format_age(2.0 * 86_400.0 + 3600.0), "2d 01h");
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(812), "812 B");
+        assert_eq!(format_bytes(279_052), "272.5 KiB");
+        assert_eq!(format_bytes(2 << 30), "2.0 GiB");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::json;
 
-use crate::human::{format_age, render_table};
-use crate::config::{format_size, Config, Direction};
+use crate::human::{format_age, format_bytes, render_table};
+use crate::config::{Config, Direction};
 use crate::link::queue_name;
 use crate::metrics::now_ms;
 use crate::store::{DropReason, Entry, Queue, QueueLimits, Store, StoreError};
@@ -105,7 +105,7 @@ pub fn stats(config: &Config, as_json: bool) -> anyhow::Result<String> {
         table.push([
             name,
             r["messages"].to_string(),
-            format_size(r["bytes"].as_u64().unwrap_or(0)),
+            format_bytes(r["bytes"].as_u64().unwrap_or(0)),
             age_of(r["oldest_received_at_ms"].as_u64(), now),
             age_of(r["newest_received_at_ms"].as_u64(), now),
             r["received"].to_string(),
@@ -132,7 +132,7 @@ pub fn peek(config: &Config, link: &str, direction: Direction, n: usize) -> anyh
         "{}: {} messages ({}); the oldest {}:\n",
         queue.name(),
         depth.messages,
-        format_size(depth.bytes),
+        format_bytes(depth.bytes),
         entries.len()
     );
     let mut table = vec![["SEQ", "AGE", "QOS", "RETAIN", "SIZE", "TOPIC", "PAYLOAD"].map(String::from)];
@@ -142,7 +142,7 @@ pub fn peek(config: &Config, link: &str, direction: Direction, n: usize) -> anyh
             age_of(Some(record.received_at_ms), now),
             record.qos.to_string(),
             if record.retain { "yes" } else { "no" }.to_string(),
-            format_size(record.payload.len() as u64),
+            format_bytes(record.payload.len() as u64),
             record.topic.clone(),
             preview(&record.payload),
         ]);
@@ -214,10 +214,10 @@ pub fn purge(config: &Config, link: &str, direction: Option<Direction>, really: 
         let depth = queue.depth();
         if really {
             let purged = queue.purge()?;
-            out.push_str(&format!("{}: purged {purged} messages ({})\n", queue.name(), format_size(depth.bytes)));
+            out.push_str(&format!("{}: purged {purged} messages ({})\n", queue.name(), format_bytes(depth.bytes)));
             total += purged;
         } else {
-            out.push_str(&format!("{}: would purge {} messages ({})\n", queue.name(), depth.messages, format_size(depth.bytes)));
+            out.push_str(&format!("{}: would purge {} messages ({})\n", queue.name(), depth.messages, format_bytes(depth.bytes)));
         }
     }
     if really {
