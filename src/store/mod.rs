@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use queue::Queue;
+pub use queue::{Queue, Scanned};
 
 /// What a queue does when a bound is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -75,11 +75,22 @@ pub enum DropReason {
     TooLarge,
     Rejected,
     Corrupt,
+    /// Deleted by an operator (`ferry queue purge`).
+    Purged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] =
-        [DropReason::Overflow, DropReason::Expired, DropReason::TooLarge, DropReason::Rejected, DropReason::Corrupt];
+    /// How many reasons there are (the length of the persisted counters).
+    pub const COUNT: usize = 6;
+
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Overflow,
+        DropReason::Expired,
+        DropReason::TooLarge,
+        DropReason::Rejected,
+        DropReason::Corrupt,
+        DropReason::Purged,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,6 +99,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::Rejected => "rejected",
             DropReason::Corrupt => "corrupt",
+            DropReason::Purged => "purged",
         }
     }
 
@@ -153,7 +165,7 @@ pub struct Totals {
     pub received: u64,
     pub forwarded: u64,
     /// Indexed by `DropReason as usize`.
-    pub dropped: [u64; 5],
+    pub dropped: [u64; DropReason::COUNT],
 }
 
 impl Totals {
@@ -187,7 +199,9 @@ pub(crate) struct Meta {
     pub bytes: u64,
     pub received: u64,
     pub forwarded: u64,
-    pub dropped: [u64; 5],
+    /// Indexed by `DropReason as usize`. Meta entries written before
+    /// `Purged` existed hold five; `record::decode_meta` reads both.
+    pub dropped: [u64; DropReason::COUNT],
 }
 
 /// Errors of the store; their text says what, where, and what to do.
@@ -197,6 +211,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("{path}: the store is damaged: {detail}. Its messages cannot all be recovered. To start with empty queues, move it aside with `ferry store quarantine --config <file>` (or: mv {path} {path}.damaged)")]
     Damaged { path: PathBuf, detail: String },
+    #[error("{path}: there is no store here yet (ferry has not run with this data_dir)")]
+    NoStore { path: PathBuf },
     #[error("{path}: cannot create the data directory: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("{path}: {}", describe_io(source))]
@@ -303,6 +319,17 @@ impl Store {
 
     pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         Store::open_waiting(data_dir, cache_bytes, LOCK_WAIT)
+    }
+
+    /// Opens an existing store for an offline tool: fails at once with
+    /// [`StoreError::Locked`] while a ferry uses it (no wait for a closing
+    /// store), and with [`StoreError::NoStore`] instead of creating one.
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        if !path.exists() {
+            return Err(StoreError::NoStore { path: data_dir.to_path_buf() });
+        }
+        Store::open_waiting(data_dir, DEFAULT_CACHE_BYTES, Duration::ZERO)
     }
 
     /// `open_with_cache`, waiting at most `lock_wait` for a lock held by a
