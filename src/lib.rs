@@ -10,6 +10,7 @@ pub mod fault;
 #[cfg(feature = "fuzzing")] pub mod fuzzing;
 pub mod link;
 pub mod metrics;
+pub mod queue_tools;
 pub mod run;
 pub mod shutdown;
 pub mod store;

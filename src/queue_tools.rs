@@ -1,0 +1,463 @@
+//! Offline queue tools: `ferry queue stats | peek | export | purge`.
+//!
+//! They open the store of a ferry that is **not** running (sled allows one
+//! process per database; while ferry holds it they refuse at once, pointing
+//! to `ferry status` for live numbers) and never create one: a `data_dir`
+//! without a store is reported as such.
+//!
+//! - `stats`: one line per queue in the store, including queues of links no
+//!   longer in the configuration (marked), as a table or `--json`;
+//! - `peek`: the oldest messages of one queue, with a payload preview;
+//! - `export`: every message of one queue as JSON lines, streamed (one record
+//!   in memory at a time), payloads in base64;
+//! - `purge`: deletes a link's queued messages, counted as dropped with
+//!   reason `purged` so `received = forwarded + dropped + queued` still holds.
+//!   Without `--yes` it only says what it would delete.
+//!
+//! Each command writes to the `out` it is given (stdout in `main`), so tests
+//! can run them in process.
+
+use std::io::{self, Write};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::config::{Config, Direction};
+use crate::link::queue_name;
+use crate::metrics::now_ms;
+use crate::store::{DropReason, Properties, Queue, QueueLimits, Record, Scanned, Store, StoreError};
+
+/// Opens the store under `cfg.data_dir` for an offline tool. `Ok(None)` when
+/// there is no store yet.
+fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
+    match Store::open_existing(&cfg.data_dir) {
+        Ok(store) => Ok(Some(store)),
+        Err(StoreError::NoStore { .. }) => Ok(None),
+        Err(StoreError::Locked { .. }) => bail!(
+            "ferry is running with data_dir {} (the store is locked); stop it first, or use `ferry status` for live numbers",
+            cfg.data_dir.display()
+        ),
+        Err(e) => Err(e).context("cannot open the store"),
+    }
+}
+
+/// Like [`open_store`], for commands that need a queue: no store is an error.
+fn require_store(cfg: &Config) -> anyhow::Result<Store> {
+    match open_store(cfg)? {
+        Some(store) => Ok(store),
+        None => bail!("{}: there is no store here yet (ferry has not run with this data_dir), so there are no queues", cfg.data_dir.display()),
+    }
+}
+
+/// The queues of `link` in `directions` that exist in the store; fails,
+/// listing the queues that do exist, when there are none.
+fn link_queues(store: &Store, link: &str, directions: &[Direction]) -> anyhow::Result<Vec<(String, Queue)>> {
+    let mut names = store.queue_names();
+    names.sort();
+    let wanted: Vec<String> = directions
+        .iter()
+        .map(|d| queue_name(link, *d))
+        .filter(|name| names.contains(name))
+        .collect();
+    if wanted.is_empty() {
+        let which = match directions {
+            [d] => format!("no `{d}` queue for link `{link}`"),
+            _ => format!("no queue for link `{link}`"),
+        };
+        let existing = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        bail!("{which} in {}; the queues there: {existing}", store.path().display());
+    }
+    wanted
+        .into_iter()
+        .map(|name| {
+            let queue = store.queue(&name, QueueLimits::UNBOUNDED).with_context(|| format!("cannot open queue {name}"))?;
+            Ok((name, queue))
+        })
+        .collect()
+}
+
+/// One queue's numbers, as `stats` shows them.
+struct QueueStats {
+    name: String,
+    in_config: bool,
+    messages: u64,
+    bytes: u64,
+    oldest_ms: Option<u64>,
+    newest_ms: Option<u64>,
+    received: u64,
+    forwarded: u64,
+    dropped: Vec<(DropReason, u64)>,
+}
+
+impl QueueStats {
+    fn of(name: &str, queue: &Queue, cfg: &Config) -> QueueStats {
+        let (depth, totals) = queue.stats();
+        let link = name.rsplit_once('/').map_or(name, |(link, _)| link);
+        QueueStats {
+            name: name.to_string(),
+            in_config: cfg.links.iter().any(|l| l.name == link),
+            messages: depth.messages,
+            bytes: depth.bytes,
+            oldest_ms: queue.oldest_received_at_ms(),
+            newest_ms: queue.newest_received_at_ms(),
+            received: totals.received,
+            forwarded: totals.forwarded,
+            dropped: DropReason::ALL.iter().map(|r| (*r, totals.dropped(*r))).collect(),
+        }
+    }
+
+    fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|(_, n)| n).sum()
+    }
+
+    fn to_json(&self, now: u64) -> serde_json::Value {
+        let (link, direction) = self.name.rsplit_once('/').unwrap_or((&self.name, ""));
+        let dropped: serde_json::Map<String, serde_json::Value> =
+            self.dropped.iter().map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
+        json!({
+            "queue": self.name,
+            "link": link,
+            "direction": direction,
+            "in_config": self.in_config,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "oldest_received_at_ms": self.oldest_ms,
+            "oldest_received_at": self.oldest_ms.map(rfc3339),
+            "oldest_age_secs": self.oldest_ms.map(|at| now.saturating_sub(at) / 1000),
+            "newest_received_at_ms": self.newest_ms,
+            "newest_received_at": self.newest_ms.map(rfc3339),
+            "newest_age_secs": self.newest_ms.map(|at| now.saturating_sub(at) / 1000),
+            "received": self.received,
+            "forwarded": self.forwarded,
+            "dropped": dropped,
+        })
+    }
+}
+
+/// `ferry queue stats`: every queue in the store, as a table or JSON.
+pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(store) = open_store(cfg)? else {
+        if as_json {
+            writeln!(out, "{}", json!({ "data_dir": cfg.data_dir, "store": false, "queues": [] }))?;
+        } else {
+            writeln!(out, "{}: no store yet (ferry has not run with this data_dir): no queues", cfg.data_dir.display())?;
+        }
+        return Ok(());
+    };
+    let mut names = store.queue_names();
+    names.sort();
+    let mut all = Vec::with_capacity(names.len());
+    for name in &names {
+        let queue = store.queue(name, QueueLimits::UNBOUNDED).with_context(|| format!("cannot open queue {name}"))?;
+        all.push(QueueStats::of(name, &queue, cfg));
+    }
+    let now = now_ms();
+    if as_json {
+        let queues: Vec<_> = all.iter().map(|q| q.to_json(now)).collect();
+        writeln!(out, "{}", json!({ "data_dir": cfg.data_dir, "store": true, "queues": queues }))?;
+        return Ok(());
+    }
+    if all.is_empty() {
+        writeln!(out, "{}: the store holds no queues", cfg.data_dir.display())?;
+        return Ok(());
+    }
+    let mut rows = vec![["QUEUE", "MESSAGES", "BYTES", "OLDEST", "NEWEST", "RECEIVED", "FORWARDED", "DROPPED"].map(String::from).to_vec()];
+    for q in &all {
+        let name = if q.in_config { q.name.clone() } else { format!("{} (not in config)", q.name) };
+        let reasons: Vec<String> =
+            q.dropped.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+        let dropped = if reasons.is_empty() { "0".to_string() } else { format!("{} ({})", q.dropped_total(), reasons.join(", ")) };
+        rows.push(vec![
+            name,
+            q.messages.to_string(),
+            human_bytes(q.bytes),
+            when(q.oldest_ms, now),
+            when(q.newest_ms, now),
+            q.received.to_string(),
+            q.forwarded.to_string(),
+            dropped,
+        ]);
+    }
+    write_table(out, &rows)?;
+    writeln!(out, "data_dir {} ({} queues); ages are as of {}", cfg.data_dir.display(), all.len(), rfc3339(now))?;
+    Ok(())
+}
+
+/// `ferry queue peek`: the `n` oldest messages of one queue.
+pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = require_store(cfg)?;
+    let Some((name, queue)) = link_queues(&store, link, &[direction])?.pop() else {
+        bail!("no `{direction}` queue for link `{link}`");
+    };
+    let depth = queue.depth();
+    writeln!(out, "{name}: {} messages ({}), oldest first", depth.messages, human_bytes(depth.bytes))?;
+    if depth.messages == 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut rows = vec![["SEQ", "AGE", "QOS", "RETAIN", "SIZE", "TOPIC", "PAYLOAD"].map(String::from).to_vec()];
+    for item in queue.scan(0).take(n) {
+        let Scanned { seq, size, record } = item.with_context(|| format!("cannot read queue {name}"))?;
+        rows.push(match record {
+            Ok(r) => vec![
+                seq.to_string(),
+                age(now.saturating_sub(r.received_at_ms)),
+                r.qos.to_string(),
+                if r.retain { "yes" } else { "no" }.to_string(),
+                r.payload.len().to_string(),
+                r.topic.clone(),
+                preview(&r.payload),
+            ],
+            Err(e) => vec![seq.to_string(), "?".into(), "?".into(), "?".into(), size.to_string(), "?".into(), format!("(damaged record: {e})")],
+        });
+    }
+    write_table(out, &rows)?;
+    if depth.messages > n as u64 {
+        writeln!(out, "... and {} more", depth.messages - n as u64)?;
+    }
+    Ok(())
+}
+
+/// `ferry queue export`: every message of one queue as a JSON line, oldest
+/// first. Damaged records are skipped, named on stderr, and make it fail
+/// once everything else is written. A closed pipe (`| head`) ends it quietly.
+pub fn export(cfg: &Config, link: &str, direction: Direction, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = require_store(cfg)?;
+    let Some((name, queue)) = link_queues(&store, link, &[direction])?.pop() else {
+        bail!("no `{direction}` queue for link `{link}`");
+    };
+    let mut damaged = 0u64;
+    for item in queue.scan(0) {
+        let Scanned { seq, record, .. } = item.with_context(|| format!("cannot read queue {name}"))?;
+        let line = match record {
+            Ok(r) => export_line(seq, &r),
+            Err(e) => {
+                eprintln!("{name}: seq {seq}: damaged record skipped: {e}");
+                damaged += 1;
+                continue;
+            }
+        };
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.context("cannot write the export")?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other.context("cannot write the export")?,
+    }
+    if damaged > 0 {
+        bail!("{name}: {damaged} damaged records could not be exported (skipped)");
+    }
+    Ok(())
+}
+
+/// One message as an export line.
+fn export_line(seq: u64, r: &Record) -> serde_json::Value {
+    let mut line = json!({
+        "seq": seq,
+        "topic": r.topic,
+        "qos": r.qos,
+        "retain": r.retain,
+        "received_at": rfc3339(r.received_at_ms),
+        "received_at_ms": r.received_at_ms,
+        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&r.payload),
+    });
+    if r.properties != Properties::default() {
+        line["properties"] = properties_json(&r.properties);
+    }
+    line
+}
+
+/// The MQTT v5 properties that are set (binary correlation data in base64).
+fn properties_json(p: &Properties) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    if let Some(v) = p.payload_format_indicator {
+        map.insert("payload_format_indicator".into(), json!(v));
+    }
+    if let Some(v) = p.message_expiry_interval {
+        map.insert("message_expiry_interval".into(), json!(v));
+    }
+    if let Some(v) = &p.response_topic {
+        map.insert("response_topic".into(), json!(v));
+    }
+    if let Some(v) = &p.correlation_data {
+        map.insert("correlation_data_base64".into(), json!(base64::engine::general_purpose::STANDARD.encode(v)));
+    }
+    if !p.user_properties.is_empty() {
+        map.insert("user_properties".into(), json!(p.user_properties));
+    }
+    if let Some(v) = &p.content_type {
+        map.insert("content_type".into(), json!(v));
+    }
+    serde_json::Value::Object(map)
+}
+
+/// `ferry queue purge`: deletes every queued message of `link` in
+/// `directions`, counted as dropped (reason `purged`). Without `yes` it only
+/// says what it would delete.
+pub fn purge(cfg: &Config, link: &str, directions: &[Direction], yes: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = require_store(cfg)?;
+    let queues = link_queues(&store, link, directions)?;
+    if !yes {
+        for (name, queue) in &queues {
+            let depth = queue.depth();
+            writeln!(out, "would purge {} messages ({}) from {name}", depth.messages, human_bytes(depth.bytes))?;
+        }
+        writeln!(out, "nothing was deleted; re-run with --yes to delete them (counted as dropped, reason=purged)")?;
+        return Ok(());
+    }
+    for (name, queue) in &queues {
+        let purged = queue.purge().with_context(|| format!("cannot purge {name}"))?;
+        store.checkpoint().with_context(|| format!("cannot make the purge of {name} durable"))?;
+        writeln!(out, "purged {purged} messages from {name} (counted as dropped, reason=purged)")?;
+    }
+    Ok(())
+}
+
+/// Writes rows as left-aligned columns separated by two spaces.
+fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// "3m12s ago (2026-11-25T06:28:00.000Z)", or "-" for an empty queue.
+fn when(at_ms: Option<u64>, now: u64) -> String {
+    match at_ms {
+        Some(at) => format!("{} ago ({})", age(now.saturating_sub(at)), rfc3339(at)),
+        None => "-".to_string(),
+    }
+}
+
+/// A duration in milliseconds, short: "850ms", "45s", "3m12s", "2h05m", "3d04h".
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms}ms"),
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Bytes with a binary unit, one decimal: "512 B", "1.5 KiB", "3.0 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A payload preview: printable UTF-8 in quotes, cut at 40 characters with
+/// "…"; anything else as hex of the first 16 bytes.
+pub fn preview(payload: &[u8]) -> String {
+    const CHARS: usize = 40;
+    const BYTES: usize = 16;
+    if let Ok(text) = std::str::from_utf8(payload) {
+        if !text.chars().any(char::is_control) {
+            let shown: String = text.chars().take(CHARS).collect();
+            let more = if text.chars().count() > CHARS { "…" } else { "" };
+            return format!("\"{shown}{more}\"");
+        }
+    }
+    let hex: Vec<String> = payload.iter().take(BYTES).map(|b| format!("{b:02x}")).collect();
+    let more = if payload.len() > BYTES { " …" } else { "" };
+    format!("hex {}{more}", hex.join(" "))
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC: "2026-11-25T06:28:00.123Z".
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(850), "850ms");
+        assert_eq!(age(45_000), "45s");
+        assert_eq!(age(192_000), "3m12s");
+        assert_eq!(age(7_500_000), "2h05m");
+        assert_eq!(age(274_000_000), "3d04h");
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn previews_show_text_or_hex_and_mark_what_is_cut() {
+        assert_eq!(preview(b"21.5"), "\"21.5\"");
+        assert_eq!(preview("é".repeat(41).as_bytes()), format!("\"{}…\"", "é".repeat(40)));
+        assert_eq!(preview(&[0, 1, 0xff]), "hex 00 01 ff");
+        assert_eq!(preview(b"line\nbreak"), "hex 6c 69 6e 65 0a 62 72 65 61 6b");
+        assert!(preview(&[0u8; 17]).ends_with(" …"));
+    }
+
+    #[test]
+    fn export_lines_carry_base64_payloads_and_only_set_properties() {
+        let mut r = Record {
+            topic: "a/b".into(),
+            payload: b"hi".to_vec(),
+            qos: 1,
+            retain: true,
+            received_at_ms: 1_700_000_000_123,
+            properties: Properties::default(),
+        };
+        let line = export_line(7, &r);
+        assert_eq!(line["payload_base64"], "aGk=");
+        assert_eq!(line["received_at"], "2023-11-14T22:13:20.123Z");
+        assert!(line.get("properties").is_none());
+        r.properties.content_type = Some("text/plain".into());
+        r.properties.user_properties = vec![("k".into(), "v".into())];
+        let line = export_line(7, &r);
+        assert_eq!(line["properties"], json!({ "content_type": "text/plain", "user_properties": [["k", "v"]] }));
+    }
+}
