@@ -1,8 +1,9 @@
 //! The deployment examples in examples/deploy/ stay true to the code: every
 //! `ferry_*` metric they name exists in src/metrics.rs, the Grafana dashboard
 //! is valid JSON with the expected variables, and, where the tools are
-//! installed, `promtool` accepts the Prometheus files and `systemd-analyze
-//! verify` the unit. Cheap: no broker, no ferry process.
+//! installed, `promtool` accepts the Prometheus files and passes the alerts'
+//! unit tests (ferry-alerts.test.yml), and `systemd-analyze verify` accepts
+//! the unit. Cheap: no broker, no ferry process.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,6 +126,12 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool check config (which also checks the rules):\n{text}");
     assert!(text.contains("ferry-alerts.yml"), "prometheus.yml does not load the alert rules:\n{text}");
+    let tests = dir.join("ferry-alerts.test.yml");
+    let Some(out) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()]) else {
+        return;
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool test rules (the alerts' unit tests):\n{text}");
 }
 
 #[test]
