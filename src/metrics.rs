@@ -72,7 +72,7 @@ pub fn install(listen: Option<SocketAddr>) -> anyhow::Result<()> {
 fn describe() {
     describe_counter!(RECEIVED, "Messages accepted into a queue (link, direction), persisted across restarts.");
     describe_counter!(FORWARDED, "Messages acknowledged by the destination broker and removed from the queue.");
-    describe_counter!(DROPPED, "Messages removed without delivery, by reason: overflow, expired, too_large, rejected, corrupt.");
+    describe_counter!(DROPPED, "Messages removed without delivery, by reason: overflow, expired, too_large, rejected, corrupt, purged.");
     describe_counter!(REDELIVERED, "Publishes sent again after a reconnect (duplicates the destination may see).");
     describe_counter!(UNROUTED, "Messages received that matched no route (acknowledged and ignored).");
     describe_gauge!(QUEUE_MESSAGES, "Messages waiting in the queue.");
