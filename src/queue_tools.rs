@@ -77,6 +77,15 @@ fn link_queues(store: &Store, link: &str, directions: &[Direction]) -> anyhow::R
         .collect()
 }
 
+/// The store and the one queue of `link` in `direction` (see [`link_queues`]).
+fn one_queue(cfg: &Config, link: &str, direction: Direction) -> anyhow::Result<(Store, String, Queue)> {
+    let store = require_store(cfg)?;
+    match link_queues(&store, link, &[direction])?.pop() {
+        Some((name, queue)) => Ok((store, name, queue)),
+        None => bail!("no `{direction}` queue for link `{link}`"),
+    }
+}
+
 /// One queue's numbers, as `stats` shows them.
 struct QueueStats {
     name: String,
@@ -186,10 +195,7 @@ pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result
 
 /// `ferry queue peek`: the `n` oldest messages of one queue.
 pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = require_store(cfg)?;
-    let Some((name, queue)) = link_queues(&store, link, &[direction])?.pop() else {
-        bail!("no `{direction}` queue for link `{link}`");
-    };
+    let (_store, name, queue) = one_queue(cfg, link, direction)?;
     let depth = queue.depth();
     writeln!(out, "{name}: {} messages ({}), oldest first", depth.messages, human_bytes(depth.bytes))?;
     if depth.messages == 0 {
@@ -223,10 +229,7 @@ pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut 
 /// first. Damaged records are skipped, named on stderr, and make it fail
 /// once everything else is written. A closed pipe (`| head`) ends it quietly.
 pub fn export(cfg: &Config, link: &str, direction: Direction, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = require_store(cfg)?;
-    let Some((name, queue)) = link_queues(&store, link, &[direction])?.pop() else {
-        bail!("no `{direction}` queue for link `{link}`");
-    };
+    let (_store, name, queue) = one_queue(cfg, link, direction)?;
     let mut damaged = 0u64;
     for item in queue.scan(0) {
         let Scanned { seq, record, .. } = item.with_context(|| format!("cannot read queue {name}"))?;

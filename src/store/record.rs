@@ -97,6 +97,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, CodecError> {
 
 /// The meta layout before `DropReason::Purged`.
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct MetaFiveReasons {
     next_seq: u64,
     messages: u64,
@@ -168,16 +169,7 @@ mod tests {
 
     #[test]
     fn meta_written_before_purged_existed_is_read_with_purged_zero() {
-        #[derive(serde::Serialize)]
-        struct Old {
-            next_seq: u64,
-            messages: u64,
-            bytes: u64,
-            received: u64,
-            forwarded: u64,
-            dropped: [u64; 5],
-        }
-        let old = Old { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0] };
+        let old = MetaFiveReasons { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0] };
         let meta = decode_meta(&encode_value(&old)).unwrap();
         let want = Meta { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0, 0] };
         assert_eq!(meta, want);
