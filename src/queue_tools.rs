@@ -411,6 +411,114 @@ pub fn rfc3339(ms: u64) -> String {
 mod tests {
     use super::*;
 
+    /// A config with one link `a` (out and in routes) and data_dir `dir`.
+    fn config(dir: &std::path::Path) -> Config {
+        let text = format!(
+            "data_dir = \"{}\"\n[hub]\nhost = \"127.0.0.1\"\n[[links]]\nname = \"a\"\nhost = \"127.0.0.1\"\n\
+             [[links.routes]]\ndirection = \"out\"\nlocal = \"a/#\"\nremote = \"a/#\"\n\
+             [[links.routes]]\ndirection = \"in\"\nremote = \"b/#\"\nlocal = \"b/#\"\n",
+            dir.display()
+        );
+        Config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    fn record(i: u8) -> Record {
+        Record {
+            topic: format!("t/{i}"),
+            payload: vec![i; 3],
+            qos: 1,
+            retain: false,
+            received_at_ms: 1_000 * u64::from(i),
+            properties: Properties::default(),
+        }
+    }
+
+    /// Fills queues `a/out` (3 messages), `a/in` (1) and `gone/out` (2, a link not in the config).
+    fn fill(dir: &std::path::Path) {
+        let store = Store::open(dir).unwrap();
+        for (name, n) in [("a/out", 3), ("a/in", 1), ("gone/out", 2)] {
+            let q = store.queue(name, QueueLimits::UNBOUNDED).unwrap();
+            q.append(&(0..n).map(record).collect::<Vec<_>>()).unwrap();
+        }
+        store.checkpoint().unwrap();
+    }
+
+    fn text(run: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        run(&mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn stats_lists_every_queue_and_marks_those_not_in_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        let table = text(|out| stats(&cfg, false, out)).unwrap();
+        let rows: Vec<Vec<&str>> = table.lines().skip(1).take(3).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows.iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(), [("a/in", "1"), ("a/out", "3"), ("gone/out", "(not")], "{table}");
+        let doc: serde_json::Value = serde_json::from_str(&text(|out| stats(&cfg, true, out)).unwrap()).unwrap();
+        let gone = &doc["queues"][2];
+        assert_eq!((gone["queue"].as_str(), gone["in_config"].as_bool(), gone["messages"].as_u64()), (Some("gone/out"), Some(false), Some(2)));
+        assert_eq!((gone["oldest_received_at_ms"].as_u64(), gone["newest_received_at_ms"].as_u64()), (Some(0), Some(1_000)));
+    }
+
+    #[test]
+    fn purge_takes_one_direction_or_both_and_links_no_longer_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        let preview = text(|out| purge(&cfg, "a", &[Direction::In], false, out)).unwrap();
+        assert!(preview.contains("would purge 1 messages") && !preview.contains("a/out"), "{preview}");
+        text(|out| purge(&cfg, "a", &[Direction::In], true, out)).unwrap();
+        text(|out| purge(&cfg, "gone", &[Direction::Out, Direction::In], true, out)).unwrap();
+        let store = Store::open_existing(dir.path()).unwrap();
+        let depth = |name: &str| store.queue(name, QueueLimits::UNBOUNDED).unwrap().depth().messages;
+        assert_eq!((depth("a/out"), depth("a/in"), depth("gone/out")), (3, 0, 0));
+        let totals = store.queue("gone/out", QueueLimits::UNBOUNDED).unwrap().totals();
+        assert_eq!((totals.received, totals.dropped(DropReason::Purged)), (2, 2));
+    }
+
+    #[test]
+    fn a_missing_queue_is_an_error_naming_the_queues_that_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        let err = text(|out| peek(&cfg, "nosuch", Direction::Out, 10, out)).unwrap_err().to_string();
+        assert!(err.contains("no `out` queue for link `nosuch`") && err.contains("a/in, a/out, gone/out"), "{err}");
+        let err = text(|out| export(&cfg, "gone", Direction::In, out)).unwrap_err().to_string();
+        assert!(err.contains("no `in` queue for link `gone`"), "{err}");
+    }
+
+    #[test]
+    fn export_skips_a_damaged_record_and_fails_after_writing_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        {
+            // Damage the middle record of a/out behind the store's back.
+            let db = sled::open(dir.path().join("store")).unwrap();
+            let tree = db.open_tree("queue/a/out").unwrap();
+            let (k, v) = tree.iter().nth(1).unwrap().unwrap();
+            let mut v = v.to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0xff;
+            tree.insert(k, v).unwrap();
+            db.flush().unwrap();
+        }
+        let mut out = Vec::new();
+        let err = export(&cfg, "a", Direction::Out, &mut out).unwrap_err().to_string();
+        assert!(err.contains("1 damaged records"), "{err}");
+        let topics: Vec<String> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["topic"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(topics, ["t/0", "t/2"]);
+        let shown = text(|out| peek(&cfg, "a", Direction::Out, 10, out)).unwrap();
+        assert!(shown.contains("(damaged record: checksum mismatch)"), "{shown}");
+    }
+
     #[test]
     fn rfc3339_formats_utc_with_milliseconds() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
