@@ -1,13 +1,12 @@
 //! The `ferry` command line: `run` the bridge, `check` a configuration,
-//! see and steer a running ferry (`status`, `link`, `reload`), and work on
-//! the store of a stopped one.
+//! see and steer a running ferry (`status`, `link`, `reload`), and repair
+//! (`store`) or inspect (`queue`) the store of a stopped one.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::net::SocketAddr;
-
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use ferry::admin_client;
 use ferry::config::{Config, Direction};
@@ -86,84 +85,16 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Look into, save or delete the queues of a ferry that is not running.
-    ///
-    /// Refused while a ferry holds the data_dir: stop it first, or use
-    /// `ferry status` for live numbers.
-    #[command(subcommand)]
-    Queue(QueueCommand),
     /// Operate on the store of a ferry that is not running.
     #[command(subcommand)]
     Store(StoreCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum QueueCommand {
-    /// Every queue in the store: messages, bytes, oldest and newest, totals.
+    /// Inspect, export or purge the queues of a ferry that is not running.
     ///
-    /// Queues of links no longer in the config are marked "(not in config)".
-    Stats {
-        /// The configuration file (TOML), for its data_dir.
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-        /// Print JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// The oldest messages of one queue: seq, age, QoS, size, topic, payload preview.
-    Peek {
-        /// The link's name.
-        link: String,
-        #[arg(short, long, value_enum, default_value = "out")]
-        direction: DirectionArg,
-        /// How many messages to show.
-        #[arg(short = 'n', long, default_value_t = 10)]
-        count: usize,
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Every queued message of a link as JSON lines on stdout, oldest first.
-    ///
-    /// Fields: link, direction, seq, topic, qos, retain, received_at_ms,
-    /// payload_base64, properties. Both directions unless --direction.
-    Export {
-        link: String,
-        #[arg(short, long, value_enum)]
-        direction: Option<DirectionArg>,
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Delete a link's queued messages for good (both directions unless --direction).
-    ///
-    /// Without --yes it only prints what it would delete. Deleted messages
-    /// are counted as dropped with reason "purged", so the metrics still add up.
-    Purge {
-        link: String,
-        #[arg(short, long, value_enum)]
-        direction: Option<DirectionArg>,
-        /// Really delete.
-        #[arg(long)]
-        yes: bool,
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-    },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum DirectionArg {
-    /// hub -> edge
-    Out,
-    /// edge -> hub
-    In,
-}
-
-impl From<DirectionArg> for Direction {
-    fn from(d: DirectionArg) -> Direction {
-        match d {
-            DirectionArg::Out => Direction::Out,
-            DirectionArg::In => Direction::In,
-        }
-    }
+    /// These read the store under the config's data_dir and refuse while a
+    /// ferry uses it (use `ferry status` for live numbers). Exit codes: 0 ok,
+    /// 1 error, 2 bad usage.
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
 /// Which running ferry to talk to.
@@ -192,6 +123,85 @@ impl LinkAction {
             LinkAction::Resume => "resume",
             LinkAction::Restart => "restart",
             LinkAction::Drain => "drain",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// Per queue: messages, bytes, oldest and newest message, lifetime totals.
+    ///
+    /// Lists every queue in the store, also those of links no longer in the
+    /// configuration (marked "not in config").
+    Stats {
+        /// The configuration file (TOML), for its data_dir and links.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the oldest messages of a queue, with a payload preview.
+    Peek {
+        /// The link's name.
+        link: String,
+        /// Which of the link's queues.
+        #[arg(short, long, value_enum, default_value_t = DirectionArg::Out)]
+        direction: DirectionArg,
+        /// How many messages.
+        #[arg(short = 'n', long = "count", default_value_t = 10)]
+        n: usize,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write every message of a queue to stdout as JSON lines, oldest first.
+    ///
+    /// Fields: seq, topic, qos, retain, received_at (RFC 3339),
+    /// received_at_ms, payload_base64, properties (when any is set).
+    Export {
+        /// The link's name.
+        link: String,
+        /// Which of the link's queues.
+        #[arg(short, long, value_enum, default_value_t = DirectionArg::Out)]
+        direction: DirectionArg,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Delete the queued messages of a link (both directions unless --direction).
+    ///
+    /// They are counted as dropped with reason `purged`. Without --yes,
+    /// only prints what would be deleted.
+    Purge {
+        /// The link's name (also a link no longer in the configuration).
+        link: String,
+        /// Only this direction's queue.
+        #[arg(short, long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A queue's direction on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DirectionArg {
+    /// Hub -> edge.
+    Out,
+    /// Edge -> hub.
+    In,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Direction {
+        match d {
+            DirectionArg::Out => Direction::Out,
+            DirectionArg::In => Direction::In,
         }
     }
 }
@@ -257,14 +267,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Queue(command) => queue_command(command),
+        Command::Queue(command) => queue(command),
         Command::Store(StoreCommand::Quarantine { config }) => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match ferry::store::quarantine(&cfg.data_dir) {
                 Ok(aside) => {
@@ -279,12 +286,9 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => {
             init_logging();
-            let cfg = match Config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -300,6 +304,53 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Loads the configuration, or says why not.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn queue(command: QueueCommand) -> ExitCode {
+    let config = match &command {
+        QueueCommand::Stats { config, .. }
+        | QueueCommand::Peek { config, .. }
+        | QueueCommand::Export { config, .. }
+        | QueueCommand::Purge { config, .. } => config,
+    };
+    let cfg = match load(config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = match command {
+        QueueCommand::Stats { json, .. } => queue_tools::stats(&cfg, json, &mut out),
+        QueueCommand::Peek { link, direction, n, .. } => queue_tools::peek(&cfg, &link, direction.into(), n, &mut out),
+        QueueCommand::Export { link, direction, .. } => queue_tools::export(&cfg, &link, direction.into(), &mut out),
+        QueueCommand::Purge { link, direction, yes, .. } => {
+            let directions = match direction {
+                Some(d) => vec![d.into()],
+                None => vec![Direction::Out, Direction::In],
+            };
+            queue_tools::purge(&cfg, &link, &directions, yes, &mut out)
+        }
+    };
+    // A reader that went away (`| head`) is not an error.
+    let result = result.and_then(|()| match std::io::Write::flush(&mut out) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -339,44 +390,6 @@ fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn queue_command(command: QueueCommand) -> ExitCode {
-    let config_path = match &command {
-        QueueCommand::Stats { config, .. }
-        | QueueCommand::Peek { config, .. }
-        | QueueCommand::Export { config, .. }
-        | QueueCommand::Purge { config, .. } => config.clone(),
-    };
-    let config = match Config::load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let done = match command {
-        QueueCommand::Stats { json, .. } => queue_tools::stats(&config, json).map(|t| print!("{t}")),
-        QueueCommand::Peek { link, direction, count, .. } => {
-            queue_tools::peek(&config, &link, direction.into(), count).map(|t| print!("{t}"))
-        }
-        QueueCommand::Export { link, direction, .. } => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            queue_tools::export(&config, &link, direction.map(Into::into), &mut out)
-                .map(|n| eprintln!("exported {n} messages"))
-        }
-        QueueCommand::Purge { link, direction, yes, .. } => {
-            queue_tools::purge(&config, &link, direction.map(Into::into), yes).map(|t| print!("{t}"))
-        }
-    };
-    match done {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use queue::Queue;
+pub use queue::{Queue, Scanned};
 
 /// What a queue does when a bound is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -67,9 +67,6 @@ pub enum Overflow {
     DropNew,
 }
 
-/// How many [`DropReason`]s there are.
-pub const DROP_REASONS: usize = 6;
-
 /// Why a message left a queue without being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
@@ -78,12 +75,15 @@ pub enum DropReason {
     TooLarge,
     Rejected,
     Corrupt,
-    /// Deleted by the operator (`ferry queue purge`).
+    /// Deleted by an operator (`ferry queue purge`).
     Purged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; DROP_REASONS] = [
+    /// How many reasons there are (the length of the persisted counters).
+    pub const COUNT: usize = 6;
+
+    pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Overflow,
         DropReason::Expired,
         DropReason::TooLarge,
@@ -165,7 +165,7 @@ pub struct Totals {
     pub received: u64,
     pub forwarded: u64,
     /// Indexed by `DropReason as usize`.
-    pub dropped: [u64; DROP_REASONS],
+    pub dropped: [u64; DropReason::COUNT],
 }
 
 impl Totals {
@@ -199,34 +199,9 @@ pub(crate) struct Meta {
     pub bytes: u64,
     pub received: u64,
     pub forwarded: u64,
-    pub dropped: [u64; DROP_REASONS],
-}
-
-/// The meta entry as ferry 0.1 wrote it before `purged` existed (five drop
-/// reasons); read and converted, never written.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub(crate) struct MetaV1 {
-    pub next_seq: u64,
-    pub messages: u64,
-    pub bytes: u64,
-    pub received: u64,
-    pub forwarded: u64,
-    pub dropped: [u64; 5],
-}
-
-impl From<MetaV1> for Meta {
-    fn from(v1: MetaV1) -> Meta {
-        let mut dropped = [0; DROP_REASONS];
-        dropped[..5].copy_from_slice(&v1.dropped);
-        Meta {
-            next_seq: v1.next_seq,
-            messages: v1.messages,
-            bytes: v1.bytes,
-            received: v1.received,
-            forwarded: v1.forwarded,
-            dropped,
-        }
-    }
+    /// Indexed by `DropReason as usize`. Meta entries written before
+    /// `Purged` existed hold five; `record::decode_meta` reads both.
+    pub dropped: [u64; DropReason::COUNT],
 }
 
 /// Errors of the store; their text says what, where, and what to do.
@@ -236,6 +211,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("{path}: the store is damaged: {detail}. Its messages cannot all be recovered. To start with empty queues, move it aside with `ferry store quarantine --config <file>` (or: mv {path} {path}.damaged)")]
     Damaged { path: PathBuf, detail: String },
+    #[error("{path}: there is no store here yet (ferry has not run with this data_dir)")]
+    NoStore { path: PathBuf },
     #[error("{path}: cannot create the data directory: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("{path}: {}", describe_io(source))]
@@ -342,6 +319,17 @@ impl Store {
 
     pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         Store::open_waiting(data_dir, cache_bytes, LOCK_WAIT)
+    }
+
+    /// Opens an existing store for an offline tool: fails at once with
+    /// [`StoreError::Locked`] while a ferry uses it (no wait for a closing
+    /// store), and with [`StoreError::NoStore`] instead of creating one.
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        if !path.exists() {
+            return Err(StoreError::NoStore { path: data_dir.to_path_buf() });
+        }
+        Store::open_waiting(data_dir, DEFAULT_CACHE_BYTES, Duration::ZERO)
     }
 
     /// `open_with_cache`, waiting at most `lock_wait` for a lock held by a

@@ -22,6 +22,16 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
+/// One stored entry as [`Queue::scan`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub seq: u64,
+    /// Stored (encoded) size in bytes, as the byte counters count it.
+    pub size: u64,
+    /// The record, or why its stored value cannot be decoded.
+    pub record: Result<Record, record::CodecError>,
+}
+
 /// A durable FIFO queue. Cheap to clone; all clones are the same queue.
 #[derive(Clone)]
 pub struct Queue {
@@ -218,32 +228,6 @@ impl Queue {
         Ok(entries)
     }
 
-    /// When the newest queued message was received (for `ferry queue stats`).
-    pub fn newest_received_at_ms(&self) -> Option<u64> {
-        let (_, v) = self.inner.tree.range(key(0)..key(u64::MAX)).next_back()?.ok()?;
-        record::decode(&v).ok().map(|r| r.received_at_ms)
-    }
-
-    /// Removes every queued message, counted as dropped (`purged`); returns
-    /// how many. Not durable until `Store::flush`.
-    pub fn purge(&self) -> Result<u64, StoreError> {
-        let mut purged = 0;
-        loop {
-            let seqs: Vec<u64> = self
-                .inner
-                .tree
-                .range(key(0)..key(u64::MAX))
-                .keys()
-                .take(10_000)
-                .filter_map(|k| k.ok().and_then(|k| seq_of(&k)))
-                .collect();
-            if seqs.is_empty() {
-                return Ok(purged);
-            }
-            purged += self.drop_entries(&seqs, DropReason::Purged)? as u64;
-        }
-    }
-
     pub fn first_seq(&self) -> Option<u64> {
         self.inner.tree.range(key(0)..key(u64::MAX)).next().and_then(|r| r.ok()).and_then(|(k, _)| seq_of(&k))
     }
@@ -332,6 +316,44 @@ impl Queue {
     pub fn oldest_received_at_ms(&self) -> Option<u64> {
         let (_, v) = self.inner.tree.range(key(0)..key(u64::MAX)).next()?.ok()?;
         record::decode(&v).ok().map(|r| r.received_at_ms)
+    }
+
+    /// When the newest waiting message was received (None when empty, or
+    /// when that record is unreadable).
+    pub fn newest_received_at_ms(&self) -> Option<u64> {
+        let (_, v) = self.inner.tree.range(key(0)..key(u64::MAX)).next_back()?.ok()?;
+        record::decode(&v).ok().map(|r| r.received_at_ms)
+    }
+
+    /// The entries with `seq >= from_seq`, oldest first, decoded one at a
+    /// time as the iterator advances, so memory stays flat however long the
+    /// queue is (for offline inspection and export). Read-only: unlike
+    /// [`Queue::read`], a record that fails to decode is returned as its
+    /// error and left in place.
+    pub fn scan(&self, from_seq: u64) -> impl Iterator<Item = Result<Scanned, StoreError>> + '_ {
+        self.inner.tree.range(key(from_seq)..key(u64::MAX)).filter_map(move |item| match item {
+            Err(e) => Some(Err(self.error(e))),
+            Ok((k, v)) => seq_of(&k).map(|seq| Ok(Scanned { seq, size: v.len() as u64, record: record::decode(&v) })),
+        })
+    }
+
+    /// Removes every waiting message, counted as dropped with reason
+    /// `purged` (an operator's decision), in atomic batches of at most
+    /// 10,000 so that memory and each batch stay small. Returns how many
+    /// were removed. Not durable until `Store::flush`.
+    pub fn purge(&self) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let mut seqs = Vec::new();
+            for item in self.inner.tree.range(key(0)..key(u64::MAX)).take(10_000) {
+                let (k, _) = item.map_err(|e| self.error(e))?;
+                seqs.extend(seq_of(&k));
+            }
+            if seqs.is_empty() {
+                return Ok(purged);
+            }
+            purged += self.drop_entries(&seqs, DropReason::Purged)? as u64;
+        }
     }
 
     /// False while a bound is reached (a `block` queue refuses appends).

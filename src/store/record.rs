@@ -9,7 +9,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Meta, Record};
+use super::{DropReason, Meta, Record};
 
 /// The current format of record and meta values.
 pub const FORMAT: u8 = 1;
@@ -80,9 +80,46 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     encode_value(meta)
 }
 
-/// Reads the current meta layout, or the older one with five drop reasons.
+/// Reads a meta entry of either layout: the current one, or the one written
+/// before the drop reason `purged` existed (five drop counters instead of
+/// six). The two differ by one trailing counter, so a value is read by
+/// exactly one of them: the current layout finds one counter missing in an
+/// old value, the old layout finds a trailing byte in a new one.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, CodecError> {
-    decode_value::<Meta>(bytes).or_else(|e| decode_value::<super::MetaV1>(bytes).map(Meta::from).map_err(|_| e))
+    match decode_value::<Meta>(bytes) {
+        Err(CodecError::Body(current)) => match decode_value::<MetaFiveReasons>(bytes) {
+            Ok(old) => Ok(old.into()),
+            Err(_) => Err(CodecError::Body(current)),
+        },
+        other => other,
+    }
+}
+
+/// The meta layout before `DropReason::Purged`.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct MetaFiveReasons {
+    next_seq: u64,
+    messages: u64,
+    bytes: u64,
+    received: u64,
+    forwarded: u64,
+    dropped: [u64; 5],
+}
+
+impl From<MetaFiveReasons> for Meta {
+    fn from(old: MetaFiveReasons) -> Meta {
+        let mut dropped = [0; DropReason::COUNT];
+        dropped[..5].copy_from_slice(&old.dropped);
+        Meta {
+            next_seq: old.next_seq,
+            messages: old.messages,
+            bytes: old.bytes,
+            received: old.received,
+            forwarded: old.forwarded,
+            dropped,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,25 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn meta_written_before_purged_existed_still_reads() {
-        #[derive(serde::Serialize)]
-        struct V1 {
-            next_seq: u64,
-            messages: u64,
-            bytes: u64,
-            received: u64,
-            forwarded: u64,
-            dropped: [u64; 5],
-        }
-        let old = encode_value(&V1 { next_seq: 9, messages: 2, bytes: 300, received: 9, forwarded: 4, dropped: [1, 1, 0, 1, 0] });
-        let meta = decode_meta(&old).unwrap();
-        assert_eq!((meta.next_seq, meta.messages, meta.received, meta.forwarded), (9, 2, 9, 4));
-        assert_eq!(meta.dropped, [1, 1, 0, 1, 0, 0]);
-        let now = Meta { dropped: [0, 0, 0, 0, 0, 7], ..meta };
-        assert_eq!(decode_meta(&encode_meta(&now)).unwrap(), now);
-    }
-
-    #[test]
     fn round_trip() {
         let r = sample();
         assert_eq!(decode(&encode(&r)), Ok(r));
@@ -147,6 +165,18 @@ mod tests {
             b[i / 8] ^= 1 << (i % 8);
             assert!(decode(&b).is_err(), "bit {i} flipped was accepted");
         }
+    }
+
+    #[test]
+    fn meta_written_before_purged_existed_is_read_with_purged_zero() {
+        let old = MetaFiveReasons { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0] };
+        let meta = decode_meta(&encode_value(&old)).unwrap();
+        let want = Meta { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0, 0] };
+        assert_eq!(meta, want);
+        // The current layout round-trips, and is not mistaken for the old one.
+        let mut current = want.clone();
+        current.dropped[DropReason::Purged as usize] = 5;
+        assert_eq!(decode_meta(&encode_meta(&current)), Ok(current));
     }
 
     #[test]

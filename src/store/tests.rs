@@ -744,3 +744,65 @@ fn a_clean_reopen_passes_the_ledger_check() {
         assert_eq!(q.totals().received, 100 * (round + 1));
     }
 }
+
+#[test]
+fn open_existing_neither_creates_a_store_nor_waits_for_a_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open_existing(dir.path()).err().expect("no store yet");
+    assert!(matches!(err, StoreError::NoStore { .. }), "{err:?}");
+    assert!(!dir.path().join("store").exists(), "open_existing created a store");
+    let store = Store::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    let err = Store::open_existing(dir.path()).err().expect("the store is in use");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} for the lock", started.elapsed());
+    drop(store);
+}
+
+#[test]
+fn scan_streams_in_order_reports_damage_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    q.append(&[rec(0, 5, 10), rec(1, 5, 20), rec(2, 5, 30)]).unwrap();
+    let s = seqs(&q);
+    let tree = store.inner.db.open_tree("queue/q").unwrap();
+    let mut v = tree.get(s[1].to_be_bytes()).unwrap().unwrap().to_vec();
+    let last = v.len() - 1;
+    v[last] ^= 0xff;
+    tree.insert(s[1].to_be_bytes(), v).unwrap();
+    let before = q.stats();
+
+    let scanned: Vec<Scanned> = q.scan(0).map(Result::unwrap).collect();
+    assert_eq!(scanned.iter().map(|e| e.seq).collect::<Vec<_>>(), s);
+    assert_eq!(scanned[0].record.as_ref().map(|r| r.topic.as_str()), Ok("t/0"));
+    assert!(scanned[1].record.is_err(), "a damaged record must be reported");
+    assert_eq!(scanned[0].size, size_of(&rec(0, 5, 10)));
+    assert_eq!(q.scan(s[2]).count(), 1, "scan starts at from_seq");
+    assert_eq!(q.stats(), before, "scan changed the queue");
+    assert_eq!((q.oldest_received_at_ms(), q.newest_received_at_ms()), (Some(10), Some(30)));
+}
+
+#[test]
+fn purge_removes_everything_counted_as_purged_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+        q.append(&recs(0..25_000, 3)).unwrap();
+        let s = seqs(&q);
+        q.ack(&s[..100]).unwrap();
+        assert_eq!(q.purge().unwrap(), 24_900);
+        assert_eq!(q.depth(), Depth::default());
+        assert_eq!(q.newest_received_at_ms(), None);
+        assert_eq!(q.purge().unwrap(), 0, "purging an empty queue");
+        store.checkpoint().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    let t = q.totals();
+    assert_eq!((t.received, t.forwarded, t.dropped(DropReason::Purged), t.dropped_total()), (25_000, 100, 24_900, 24_900));
+    assert_invariant(&q);
+    q.append(&recs(0..1, 3)).unwrap();
+    assert!(seqs(&q)[0] >= 25_000, "a sequence number was reused after a purge");
+}
