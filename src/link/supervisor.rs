@@ -76,6 +76,10 @@ pub async fn supervise(mut s: Supervised) {
         s.stop.cancelled().await;
     }
     s.status.set_stopped(true);
+    // The status outlives this supervisor; the queues must not: they hold
+    // the store open, and a failed store is reopened only once every handle
+    // of the old one is gone.
+    s.status.set_queues(&[]);
     gauge!(m::LINK_UP, "link" => s.link.name.clone()).set(0.0);
     state_stop.cancel();
     if let Some(task) = state_task {
