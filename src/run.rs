@@ -31,7 +31,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
-    let mut store = open_store(&config.data_dir).await?;
+    let mut store = open_store(&config.data_dir, config.store_cache_bytes).await?;
     tracing::info!(data_dir = %config.data_dir.display(), links = config.links.len(), "store open");
     for link in config.links.iter().filter(|l| !l.enabled) {
         tracing::info!(link = %link.name, "link disabled in config; its queues stay on disk");
@@ -49,7 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            match open_store(&config.data_dir).await {
+            match open_store(&config.data_dir, config.store_cache_bytes).await {
                 Ok(s) => break s,
                 Err(e) => {
                     let delay = reopen_backoff.next_delay();
@@ -74,9 +74,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+async fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
     let dir = data_dir.to_path_buf();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await.context("store open task failed")??;
+    let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache_bytes)).await.context("store open task failed")??;
     Ok(store)
 }
 

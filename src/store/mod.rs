@@ -293,8 +293,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long `open` waits for a lock held by a store that is closing.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
-/// sled's page cache, unless configured otherwise.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache, unless configured otherwise (`store_cache`). 16 MiB
+/// keeps a 37-link ferry holding a 1,000,000-message backlog under 64 MiB
+/// of RSS (docs/performance.md); the hot end of every queue (its head and
+/// tail) fits in far less.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
