@@ -21,7 +21,9 @@
 //! `FERRY_E2E=paths,backlog,scale`, `FERRY_E2E_MSGS` (per saturated run),
 //! `FERRY_E2E_PAYLOADS=128,4096`, `FERRY_E2E_RATE` and `FERRY_E2E_PACED_SECS`
 //! (paced run), `FERRY_E2E_BACKLOG`, `FERRY_E2E_BACKLOG_SECS` (drain time
-//! limit), `FERRY_E2E_LINKS` (the many-links count).
+//! limit), `FERRY_E2E_LINKS` (the many-links count),
+//! `FERRY_E2E_PATHS=direct,mosquitto-bridge,ferry`, `FERRY_E2E_STORE_CACHE=64MiB`
+//! (ferry's `store_cache`).
 //!
 //! Every process started here is killed when its guard drops, also on panic.
 //! Payload: 20 digits of sequence number, 20 digits of publish time (ns since
@@ -245,9 +247,10 @@ impl Ferry {
         let dir = tempfile::Builder::new().prefix("ferry-e2e-ferry-").tempdir().expect("e2e: temp dir");
         let metrics_port = free_port();
         let mut c = format!(
-            "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n\
+            "data_dir = \"{}\"\n{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n\
              [defaults]\nkeepalive_secs = 10\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\ninflight = {INFLIGHT}\n",
             dir.path().join("data").display(),
+            std::env::var("FERRY_E2E_STORE_CACHE").map(|c| format!("store_cache = \"{c}\"\n")).unwrap_or_default(),
             hub.port
         );
         for l in links {
@@ -672,10 +675,12 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
 
 async fn paths(s: &Settings) {
     println!("\n## paths: QoS 1, {} messages saturated, then {} msg/s for {} s (latency)", s.msgs, s.rate, s.paced_secs);
-    let kinds = [PathKind::Direct, PathKind::MosquittoBridge, PathKind::Ferry];
+    let wanted = std::env::var("FERRY_E2E_PATHS").unwrap_or_else(|_| "direct,mosquitto-bridge,ferry".into());
+    let kinds: Vec<PathKind> =
+        [PathKind::Direct, PathKind::MosquittoBridge, PathKind::Ferry].into_iter().filter(|k| wanted.split(',').any(|w| w == k.name())).collect();
     let mut results: HashMap<(PathKind, usize), PathResult> = HashMap::new();
     for &payload in &s.payloads {
-        for kind in kinds {
+        for &kind in &kinds {
             println!("running {} {payload} B (load {}) ...", kind.name(), load());
             let r = run_path(kind, payload, s).await;
             results.insert((kind, payload), r);
@@ -684,7 +689,7 @@ async fn paths(s: &Settings) {
     println!("\n| path | payload | msg/s (saturated) | delivered | latency p50 / p99 saturated (ms) | latency p50 / p99 / max at {} msg/s (ms) | CPU s per 1M msgs | of | load avg after |", s.rate);
     println!("|---|---|---|---|---|---|---|---|---|");
     for &payload in &s.payloads {
-        for kind in kinds {
+        for &kind in &kinds {
             let r = &results[&(kind, payload)];
             println!(
                 "| {} | {payload} B | {:.0} | {} | {:.1} / {:.1} | {:.2} / {:.2} / {:.2} | {:.1} | {} | {} |",
@@ -704,9 +709,13 @@ async fn paths(s: &Settings) {
     }
     println!();
     for &payload in &s.payloads {
-        let f = &results[&(PathKind::Ferry, payload)];
-        let b = &results[&(PathKind::MosquittoBridge, payload)];
-        let d = &results[&(PathKind::Direct, payload)];
+        let (Some(f), Some(b), Some(d)) = (
+            results.get(&(PathKind::Ferry, payload)),
+            results.get(&(PathKind::MosquittoBridge, payload)),
+            results.get(&(PathKind::Direct, payload)),
+        ) else {
+            continue;
+        };
         println!(
             "ratios {payload} B: throughput ferry/mosquitto-bridge {:.2}, ferry/direct {:.2}; paced p99 ferry/mosquitto-bridge {:.2}; CPU per msg ferry/hub-mosquitto {:.2}",
             f.rate / b.rate,
@@ -769,6 +778,8 @@ async fn backlog(s: &Settings) {
             let g = sub.lock();
             (g.first.map(|f| f.duration_since(t0).as_secs_f64()), g.last.map(|l| l.duration_since(t0).as_secs_f64()))
         };
+        // Metrics are exported once a second: wait for a sample after the drain.
+        ferry.wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == 0.0, Duration::from_secs(10));
         let empty = ferry.metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]);
         let hwm = status_kib(pid, "VmHWM");
         report_drain("ferry", n, got, first, last, s.backlog_secs);
