@@ -241,33 +241,12 @@ impl Queue {
         let mut st = self.lock();
         let mut meta = st.meta.clone();
         let mut batch = sled::Batch::default();
-        // The stored size of each entry still present, for the byte count.
-        // Acks are mostly a run from the head of the queue: then one range
-        // scan is much cheaper than a point lookup per entry.
-        let mut present: Vec<(u64, u64)> = Vec::with_capacity(unique.len());
-        let (lo, hi) = match (unique.first(), unique.last()) {
-            (Some(lo), Some(hi)) => (*lo, *hi),
-            _ => return Ok(0),
-        };
-        if hi - lo <= 2 * unique.len() as u64 + 16 {
-            for item in self.inner.tree.range(key(lo)..=key(hi)) {
-                let (k, v) = item.map_err(|e| self.error(e))?;
-                if let Some(seq) = seq_of(&k).filter(|s| unique.contains(s)) {
-                    present.push((seq, v.len() as u64));
-                }
-            }
-        } else {
-            for &seq in &unique {
-                if let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? {
-                    present.push((seq, v.len() as u64));
-                }
-            }
-        }
         let mut removed = 0;
-        for (seq, size) in present {
+        for seq in unique {
+            let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? else { continue };
             batch.remove(&key(seq));
             meta.messages = meta.messages.saturating_sub(1);
-            meta.bytes = meta.bytes.saturating_sub(size);
+            meta.bytes = meta.bytes.saturating_sub(v.len() as u64);
             match reason {
                 None => meta.forwarded += 1,
                 Some(r) => meta.dropped[r as usize] += 1,
