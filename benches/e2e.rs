@@ -47,6 +47,16 @@ const FERRY_BIN: &str = env!("CARGO_BIN_EXE_ferry");
 /// In-flight QoS 1 messages: mosquitto's `max_inflight_messages` on every
 /// broker (so for its bridge) and ferry's `inflight`.
 const INFLIGHT: usize = 1000;
+/// mosquitto's `max_queued_messages`: unlimited in effect. Not 0: in
+/// mosquitto 2.0.11, `max_queued_messages 0` stalls delivery to a client
+/// that has a queue (fixed in 2.0.17: "Fix `max_queued_message 0` stopping
+/// clients from receiving messages"); seen here as the hub stopping to
+/// send to ferry with 100,000 messages queued.
+const MAX_QUEUED: u64 = 100_000_000;
+/// End-to-end window of the saturated runs: the publisher stays at most
+/// this many messages ahead of the subscriber, so a path is measured at
+/// the rate it sustains, not by how fast a broker's queue can grow.
+const E2E_WINDOW: u64 = 5000;
 /// Sequence numbers of each measured run start at a new multiple of this.
 const RUN_SPAN: u64 = 1_000_000_000;
 
@@ -145,7 +155,7 @@ impl Broker {
         // restart (the backlog scenario) without periodic saves costing CPU.
         let config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
-             autosave_interval 0\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages {INFLIGHT}\n\
+             autosave_interval 0\nmax_queued_messages {MAX_QUEUED}\nmax_queued_bytes 0\nmax_inflight_messages {INFLIGHT}\n\
              set_tcp_nodelay true\nuser root\nlog_dest file {log}\nlog_type error\nlog_type warning\n{extra}\n",
             data = dir.path().display(),
             log = dir.path().join("mosquitto.log").display(),
@@ -399,14 +409,21 @@ static CLIENTS: AtomicU64 = AtomicU64::new(0);
 
 /// Publishes `n` QoS 1 messages with sequence numbers from `base`, round
 /// robin over `topics`, at `rate` msg/s (None: as fast as acks allow, with
-/// rumqttc's in-flight window), and returns when every PUBACK arrived.
-async fn publish(addr: &str, topics: &[String], base: u64, n: u64, size: usize, rate: Option<f64>) {
+/// rumqttc's in-flight window), with `gate` (the subscribers' delivered
+/// count) at most [`E2E_WINDOW`] ahead of delivery, and returns when every
+/// PUBACK arrived.
+async fn publish(addr: &str, topics: &[String], base: u64, n: u64, size: usize, rate: Option<f64>, gate: Option<Arc<AtomicU64>>) {
     let id = format!("e2e-pub-{}-{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
     let (client, mut eventloop) = AsyncClient::new(options(addr, &id), 1000);
     let topics = topics.to_vec();
     let producer = tokio::spawn(async move {
         let began = Instant::now();
         for i in 0..n {
+            if let Some(delivered) = &gate {
+                while i >= delivered.load(Ordering::Relaxed) + E2E_WINDOW {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
             if let Some(r) = rate {
                 let due = began + Duration::from_secs_f64(i as f64 / r);
                 tokio::time::sleep_until(due.into()).await;
@@ -451,11 +468,19 @@ struct Seen {
 /// broker goes away; stops when dropped.
 struct Collector {
     seen: Arc<Mutex<Seen>>,
+    /// Distinct messages of the current run (for the publisher's gate).
+    delivered: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
     fn start(addr: &str, filter: &str) -> Collector {
+        Collector::start_counting(addr, filter, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// Like `start`, adding what it receives to `delivered` (shared by the
+    /// subscribers of several brokers).
+    fn start_counting(addr: &str, filter: &str, delivered: Arc<AtomicU64>) -> Collector {
         let id = format!("e2e-sub-{}-{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
         let mut o = options(addr, &id);
         o.set_clean_start(false);
@@ -463,6 +488,7 @@ impl Collector {
         let (client, mut eventloop) = AsyncClient::new(o, 100);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let shared = seen.clone();
+        let count = delivered.clone();
         let filter = filter.to_string();
         let task = tokio::spawn(async move {
             loop {
@@ -489,6 +515,7 @@ impl Collector {
                         if !s.flags[i] {
                             s.flags[i] = true;
                             s.distinct += 1;
+                            count.fetch_add(1, Ordering::Relaxed);
                             s.lat_ns.push(t_ns.saturating_sub(sent_ns));
                             s.first.get_or_insert(now);
                             s.last = Some(now);
@@ -499,7 +526,7 @@ impl Collector {
                 }
             }
         });
-        Collector { seen, task }
+        Collector { seen, delivered, task }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -512,6 +539,7 @@ impl Collector {
         let warm = s.warm;
         let subscribed = s.subscribed;
         *s = Seen { base, n, flags: vec![false; n as usize], warm, subscribed, ..Seen::default() };
+        self.delivered.store(0, Ordering::Relaxed);
     }
 
     async fn wait_subscribed(&self) {
@@ -548,7 +576,7 @@ async fn warm_up(pub_addr: &str, warm_topic: &str, sub: &Collector) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while sub.lock().warm == 0 {
         assert!(Instant::now() < deadline, "e2e: nothing crossed {pub_addr} -> subscriber on {warm_topic} within 60 s");
-        publish(pub_addr, &[warm_topic.to_string()], 0, 1, 64, None).await;
+        publish(pub_addr, &[warm_topic.to_string()], 0, 1, 64, None, None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -645,7 +673,7 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     sub.reset(RUN_SPAN, n);
     let cpu0 = cpu_secs(setup.bridge_pid);
     let t0 = Instant::now();
-    publish(&setup.pub_addr, &topic, RUN_SPAN, n, payload, None).await;
+    publish(&setup.pub_addr, &topic, RUN_SPAN, n, payload, None, Some(sub.delivered.clone())).await;
     let delivered = sub.wait(n, Duration::from_secs(300)).await;
     let cpu = cpu_secs(setup.bridge_pid) - cpu0;
     let load_now = load();
@@ -661,7 +689,7 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m = (s.rate * s.paced_secs) as u64;
     sub.reset(2 * RUN_SPAN, m);
-    publish(&setup.pub_addr, &topic, 2 * RUN_SPAN, m, payload, Some(s.rate)).await;
+    publish(&setup.pub_addr, &topic, 2 * RUN_SPAN, m, payload, Some(s.rate), None).await;
     sub.wait(m, Duration::from_secs(120)).await;
     let (p50, p99, max) = {
         let mut g = sub.lock();
@@ -737,7 +765,7 @@ async fn publish_backlog_through_ferry(hub: &Broker, ferry: &Ferry, link: &str, 
     let mut done = 0;
     while done < n {
         let take = chunk.min(n - done);
-        publish(&hub.addr(), &[topic.to_string()], base + done, take, 128, None).await;
+        publish(&hub.addr(), &[topic.to_string()], base + done, take, 128, None, None).await;
         done += take;
         let ok = ferry.wait_metric("ferry_queue_messages", &[("link", link), ("direction", "out")], |v| v >= done as f64, Duration::from_secs(120));
         assert!(ok, "e2e: ferry did not queue {done} messages within 120 s:\n{}", ferry.log());
@@ -796,7 +824,7 @@ async fn backlog(s: &Settings) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         sub.reset(RUN_SPAN, n);
         let t = Instant::now();
-        publish(&hub.addr(), &["down/t".to_string()], RUN_SPAN, n, 128, None).await;
+        publish(&hub.addr(), &["down/t".to_string()], RUN_SPAN, n, 128, None, None).await;
         let pid = hub.pid();
         println!(
             "mosquitto-bridge: {n} queued in the hub in {:.1} s ({:.0} msg/s); hub RSS {:.1} MiB (load {})",
@@ -874,7 +902,8 @@ async fn scale(s: &Settings) {
         idle_sample("37 links idle", ferry.pid(), 10);
 
         // Under load: round robin over the 37 hub topics.
-        let subs: Vec<Collector> = edges.iter().map(|e| Collector::start(&e.addr(), "down/#")).collect();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let subs: Vec<Collector> = edges.iter().map(|e| Collector::start_counting(&e.addr(), "down/#", delivered.clone())).collect();
         for (i, sub) in subs.iter().enumerate() {
             warm_up(&hub.addr(), &format!("edge/{i}/down/warm"), sub).await;
         }
@@ -886,7 +915,7 @@ async fn scale(s: &Settings) {
         let pid = ferry.pid();
         let cpu0 = cpu_secs(pid);
         let t0 = Instant::now();
-        publish(&hub.addr(), &topics, RUN_SPAN, n, 128, None).await;
+        publish(&hub.addr(), &topics, RUN_SPAN, n, 128, None, Some(delivered.clone())).await;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut got = 0;
         while Instant::now() < deadline {
