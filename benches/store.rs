@@ -5,9 +5,12 @@
 //! - `read_ack/<payload>`: `Queue::read` of a 256-entry window, then
 //!   `Queue::ack` of it and `Store::flush` (what the drainer does);
 //! - `open`: `Store::open` + `Store::queue` + the first `read` of a store
-//!   holding 1,000,000 queued 128 B messages (10,000 when not run with
-//!   `--bench`, so `cargo test --all-targets` stays fast), and the bytes on
-//!   disk per queued byte of that store.
+//!   holding 1,000,000 queued 128 B messages, and the bytes on disk per
+//!   queued byte of that store.
+//!
+//! Without `--bench` (`cargo test --all-targets` runs benches that way) each
+//! operation runs once and the store for `open` holds 10,000 messages: a
+//! smoke test of a second or two.
 //!
 //! Run: `cargo bench --bench store` (all), `cargo bench --bench store -- append`
 //! (a filter). `FERRY_BENCH_OPEN_MESSAGES=N` changes the size of the store
@@ -184,13 +187,37 @@ fn dir_size(dir: &Path) -> u64 {
 
 criterion_group!(benches, append_commit, read_ack);
 
+/// Without `--bench` (`cargo test --all-targets`): each operation once, on
+/// small data, without criterion, whose argument parser refuses the test
+/// harness's arguments (`--test-threads`).
+fn smoke() {
+    let dir = tempfile::tempdir().expect("bench: temp dir");
+    let (store, queue) = open_queue(dir.path());
+    for payload in PAYLOADS {
+        for batch_size in BATCHES {
+            queue.append(&vec![record(payload); batch_size]).expect("bench: append failed");
+            store.flush().expect("bench: flush failed");
+        }
+        let entries = queue.read(0, WINDOW).expect("bench: read failed");
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        queue.ack(&seqs).expect("bench: ack failed");
+        store.flush().expect("bench: flush failed");
+        empty(&queue);
+    }
+    drop((queue, store));
+    open_and_disk();
+    println!("store bench: test mode, each operation ran once (run `cargo bench --bench store` to measure)");
+}
+
 fn main() {
+    if !bench_mode() {
+        smoke();
+        return;
+    }
     benches();
-    // `--list` (cargo test --all-targets asks for it) and filters that do not
-    // name it skip the open measurement.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let listing = std::env::args().any(|a| a == "--list");
-    if !listing && (args.is_empty() || args.iter().any(|a| "open".contains(a.as_str()) || "disk".contains(a.as_str()))) {
+    // A filter that does not name them skips the open and disk measurements.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if filters.is_empty() || filters.iter().any(|f| "open".contains(f.as_str()) || "disk".contains(f.as_str())) {
         open_and_disk();
     }
     criterion::Criterion::default().configure_from_args().final_summary();
