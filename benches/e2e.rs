@@ -22,8 +22,10 @@
 //! `FERRY_E2E_PAYLOADS=128,4096`, `FERRY_E2E_RATE` and `FERRY_E2E_PACED_SECS`
 //! (paced run), `FERRY_E2E_BACKLOG`, `FERRY_E2E_BACKLOG_SECS` (drain time
 //! limit), `FERRY_E2E_LINKS` (the many-links count),
-//! `FERRY_E2E_PATHS=direct,mosquitto-bridge,ferry`, `FERRY_E2E_STORE_CACHE=64MiB`
-//! (ferry's `store_cache`).
+//! `FERRY_E2E_PATHS=direct,mosquitto-bridge,ferry` (also skips mosquitto's
+//! backlog run), `FERRY_E2E_STORE_CACHE=64MiB` (ferry's `store_cache`),
+//! `FERRY_E2E_SCALE_INFLIGHT` (the scale scenario's window; ferry's default
+//! otherwise; the other scenarios use 1000, like mosquitto's).
 //!
 //! Every process started here is killed when its guard drops, also on panic.
 //! Payload: 20 digits of sequence number, 20 digits of publish time (ns since
@@ -253,15 +255,17 @@ struct Ferry {
 }
 
 impl Ferry {
-    fn start(hub: &Broker, links: &[LinkSpec]) -> Ferry {
+    /// `inflight`: the links' window; None: ferry's default.
+    fn start(hub: &Broker, links: &[LinkSpec], inflight: Option<usize>) -> Ferry {
         let dir = tempfile::Builder::new().prefix("ferry-e2e-ferry-").tempdir().expect("e2e: temp dir");
         let metrics_port = free_port();
         let mut c = format!(
             "data_dir = \"{}\"\n{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n\
-             [defaults]\nkeepalive_secs = 10\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\ninflight = {INFLIGHT}\n",
+             [defaults]\nkeepalive_secs = 10\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n{}",
             dir.path().join("data").display(),
             std::env::var("FERRY_E2E_STORE_CACHE").map(|c| format!("store_cache = \"{c}\"\n")).unwrap_or_default(),
-            hub.port
+            hub.port,
+            inflight.map(|n| format!("inflight = {n}\n")).unwrap_or_default()
         );
         for l in links {
             c.push_str(&format!(
@@ -654,7 +658,7 @@ fn setup(kind: PathKind) -> Setup {
             let edge = Broker::start("");
             let hub = Broker::start("");
             let link = LinkSpec { name: "edge0".into(), port: edge.port, local: "down/#".into(), remote: "down/#".into() };
-            let ferry = Ferry::start(&hub, &[link]);
+            let ferry = Ferry::start(&hub, &[link], Some(INFLIGHT));
             ferry.wait_links_up(1, Duration::from_secs(60));
             let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), ferry.pid());
             Setup { _edge: Some(edge), _hub: hub, _ferry: Some(ferry), pub_addr, sub_addr, bridge_pid: pid }
@@ -786,7 +790,7 @@ async fn backlog(s: &Settings) {
         for i in 1..37 {
             links.push(LinkSpec { name: format!("edge{i}"), port: others.port, local: format!("edge/{i}/down/#"), remote: format!("down/{i}/#") });
         }
-        let ferry = Ferry::start(&hub, &links);
+        let ferry = Ferry::start(&hub, &links, Some(INFLIGHT));
         ferry.wait_links_up(37, Duration::from_secs(60));
         let sub = Collector::start(&edge.addr(), "down/#");
         warm_up(&hub.addr(), "edge/0/down/warm", &sub).await;
@@ -815,6 +819,9 @@ async fn backlog(s: &Settings) {
     }
 
     // mosquitto's bridge, unlimited queue in the hub's memory.
+    if std::env::var("FERRY_E2E_PATHS").is_ok_and(|p| !p.split(',').any(|k| k == "mosquitto-bridge")) {
+        return;
+    }
     {
         let mut edge = Broker::start("");
         let hub = Broker::start(&bridge_section(&edge));
@@ -888,14 +895,20 @@ fn idle_sample(name: &str, pid: u32, secs: u64) {
     );
 }
 
+/// The links' window in the scale scenario: ferry's default (100) unless
+/// `FERRY_E2E_SCALE_INFLIGHT` says otherwise.
+fn scale_inflight() -> Option<usize> {
+    std::env::var("FERRY_E2E_SCALE_INFLIGHT").ok().and_then(|v| v.parse().ok())
+}
+
 async fn scale(s: &Settings) {
-    println!("\n## scale");
+    println!("\n## scale (ferry inflight {})", scale_inflight().map_or("100, the default".to_string(), |n| n.to_string()));
     {
         let edges: Vec<Broker> = (0..4).map(|_| Broker::start("")).collect();
         let hub = Broker::start("");
         let links = many_links(37, &edges);
         let started = Instant::now();
-        let ferry = Ferry::start(&hub, &links);
+        let ferry = Ferry::start(&hub, &links, scale_inflight());
         ferry.wait_links_up(37, Duration::from_secs(60));
         println!("37 links over 4 edge brokers: all up {:.1} s after start", started.elapsed().as_secs_f64());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -942,7 +955,7 @@ async fn scale(s: &Settings) {
         let hub = Broker::start("");
         let links = many_links(count, &edges);
         let started = Instant::now();
-        let ferry = Ferry::start(&hub, &links);
+        let ferry = Ferry::start(&hub, &links, scale_inflight());
         ferry.wait_links_up(count, Duration::from_secs(300));
         println!("{count} links over 4 edge brokers: all up {:.1} s after start", started.elapsed().as_secs_f64());
         tokio::time::sleep(Duration::from_secs(5)).await;
