@@ -800,7 +800,13 @@ async fn backlog(s: &Settings) {
         let pid = ferry.pid();
         let rss_backlog = status_kib(pid, "VmRSS");
         let hwm_ingest = status_kib(pid, "VmHWM");
-        println!("ferry: {n} queued, ingest {ingest:.0} msg/s (publish in chunks of 20,000 + wait for ferry); RSS with the backlog {:.1} MiB, peak so far {:.1} MiB (37 links; load {})", mib(rss_backlog), mib(hwm_ingest), load());
+        println!(
+            "ferry: {n} queued, ingest {ingest:.0} msg/s (publish in chunks of 20,000 + wait for ferry); RSS with the backlog {:.1} MiB (anonymous {:.1} MiB), peak so far {:.1} MiB (37 links; load {})",
+            mib(rss_backlog),
+            mib(status_kib(pid, "RssAnon")),
+            mib(hwm_ingest),
+            load()
+        );
         let cpu0 = cpu_secs(pid);
         let t0 = Instant::now();
         edge.restart();
@@ -815,7 +821,14 @@ async fn backlog(s: &Settings) {
         let empty = ferry.metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]);
         let hwm = status_kib(pid, "VmHWM");
         report_drain("ferry", n, got, first, last, s.backlog_secs);
-        println!("ferry: queue after drain {empty}, CPU {:.1} s for the drain ({:.1} s per 1M), peak RSS over the whole run {:.1} MiB (load {})", cpu, cpu / (got.max(1) as f64 / 1e6), mib(hwm), load());
+        println!(
+            "ferry: queue after drain {empty}, CPU {:.1} s for the drain ({:.1} s per 1M), RSS after the drain {:.1} MiB, peak RSS over the whole run {:.1} MiB (load {})",
+            cpu,
+            cpu / (got.max(1) as f64 / 1e6),
+            mib(status_kib(pid, "VmRSS")),
+            mib(hwm),
+            load()
+        );
     }
 
     // mosquitto's bridge, unlimited queue in the hub's memory.
