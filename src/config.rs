@@ -50,6 +50,8 @@ pub struct Config {
     /// The file this configuration came from (for messages).
     pub source: PathBuf,
     pub data_dir: PathBuf,
+    /// sled's page cache (`store_cache`), bytes.
+    pub store_cache_bytes: u64,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
     pub hub: HubConfig,
@@ -342,6 +344,7 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<Spanned<String>>,
+    store_cache: Option<Spanned<RawSize>>,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -1067,6 +1070,8 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
         Some(dir) => problems.take(non_empty("data_dir", dir)).map(PathBuf::from),
     };
 
+    let store_cache = problems.take_optional(&raw.store_cache, |raw| size_value("store_cache", raw));
+
     let listen = problems.take(listen_address("metrics", &raw.metrics.listen, DEFAULT_METRICS_LISTEN));
     let admin_listen = problems.take(listen_address("admin", &raw.admin.listen, DEFAULT_ADMIN_LISTEN));
 
@@ -1110,6 +1115,7 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
     Ok(Config {
         source: source.to_path_buf(),
         data_dir: data_dir.ok_or_else(incomplete)?,
+        store_cache_bytes: store_cache.ok_or_else(incomplete)?.unwrap_or(crate::store::DEFAULT_CACHE_BYTES),
         metrics: MetricsConfig {
             listen: listen.ok_or_else(incomplete)?,
         },
@@ -1620,6 +1626,14 @@ qos = 2
         assert_eq!(format_size(1_000_000), "1MB");
         assert_eq!(format_size(1001), "1001B");
         assert_eq!(format_size(0), "0B");
+    }
+
+    #[test]
+    fn store_cache_takes_a_size_and_defaults_to_16_mib() {
+        assert_eq!(parse("data_dir = \"q\"\n").unwrap().store_cache_bytes, 16 << 20);
+        let config = parse("data_dir = \"q\"\nstore_cache = \"64MiB\"\n").unwrap();
+        assert_eq!(config.store_cache_bytes, 64 << 20);
+        assert_error("data_dir = \"q\"\nstore_cache = \"lots\"\n", 2, "store_cache");
     }
 
     #[test]

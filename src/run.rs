@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
-    let mut store = open_store(&config.data_dir).await?;
+    let mut store = open_store(&config.data_dir, config.store_cache_bytes).await?;
     control.set_ready(None);
     for link in config.links.iter().filter(|l| !l.enabled) {
         tracing::info!(link = %link.name, "link disabled in config; its queues stay on disk");
@@ -61,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            match open_store(&config.data_dir).await {
+            match open_store(&config.data_dir, config.store_cache_bytes).await {
                 Ok(s) => break s,
                 Err(e) => {
                     let delay = reopen_backoff.next_delay();
@@ -91,7 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// A store this large gets a log line before it is opened (it takes a while).
 const LARGE_STORE_BYTES: u64 = 64 << 20;
 
-async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+async fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
     let dir = data_dir.to_path_buf();
     let began = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || {
@@ -99,7 +99,7 @@ async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
         if size >= LARGE_STORE_BYTES {
             tracing::info!(data_dir = %dir.display(), size_mib = size >> 20, "opening a large store; this can take a while");
         }
-        let store = Store::open(&dir)?;
+        let store = Store::open_with_cache(&dir, cache_bytes)?;
         // Count what is waiting, per queue (read from each queue's counters).
         let mut queued = 0u64;
         let names = store.queue_names();

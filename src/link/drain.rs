@@ -108,6 +108,8 @@ struct Window {
     delivered_count: u64,
     delivered: Vec<Sent>,
     rejected: Vec<u64>,
+    /// The flush making earlier removals durable, running in the background.
+    flushing: Option<tokio::task::JoinHandle<Result<(), crate::store::StoreError>>>,
 }
 
 impl Window {
@@ -224,20 +226,16 @@ impl Drain {
         crate::fault::after_delivery(&self.link, w.delivered_count);
         let now = m::now_ms();
         let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        // One registry lookup per batch, not per message.
+        let latency = histogram!(m::FORWARD_LATENCY, &labels);
         for s in &delivered {
-            histogram!(m::FORWARD_LATENCY, &labels).record(now.saturating_sub(s.received_at_ms) as f64 / 1000.0);
+            latency.record(now.saturating_sub(s.received_at_ms) as f64 / 1000.0);
         }
         let seqs: Vec<u64> = delivered.iter().map(|s| s.seq).collect();
         let queue = self.queue.clone();
-        let store = self.store.clone();
-        // Removals are group-committed like appends: one flush for every
-        // ack that arrived meanwhile. A crash then resends at most the
-        // window in flight plus this one batch, not everything acked since
-        // sled's last background flush.
         let result = tokio::task::spawn_blocking(move || {
             queue.ack(&seqs)?;
-            queue.drop_entries(&rejected, DropReason::Rejected)?;
-            store.flush()
+            queue.drop_entries(&rejected, DropReason::Rejected)
         })
         .await;
         match result {
@@ -246,6 +244,30 @@ impl Drain {
             Ok(Err(e)) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot remove delivered entries; they will be sent again"),
             Err(e) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "store task failed"),
         }
+        self.flush_removals(w).await;
+    }
+
+    /// Removals are group-committed like appends, but in the background:
+    /// the drain keeps publishing while the fsync runs (waiting for it here
+    /// halved ferry's throughput and added a flush to every message's
+    /// latency). At most one such flush runs per queue; removals made while
+    /// it runs are covered by the next one (or by any other flush of the
+    /// store, or sled's own within a second). A crash resends at most the
+    /// window in flight plus the removals of about two flushes: duplicates,
+    /// never a loss, since an entry is removed only after its ack.
+    async fn flush_removals(&mut self, w: &mut Window) {
+        if w.flushing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(done) = w.flushing.take() {
+            match done.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot flush removals; delivered entries may be sent again after a crash"),
+                Err(e) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "flush task failed"),
+            }
+        }
+        let store = self.store.clone();
+        w.flushing = Some(tokio::task::spawn_blocking(move || store.flush()));
     }
 
     /// Publishes queued entries until the window is full or the queue is.

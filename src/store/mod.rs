@@ -309,8 +309,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long `open` waits for a lock held by a store that is closing.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
-/// sled's page cache, unless configured otherwise.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache, unless configured otherwise (`store_cache`). Queues
+/// are read and written at their ends, which fit in far less; with 300,000
+/// messages queued behind 37 links ferry's RSS was 127 MiB with 16 MiB and
+/// 172 MiB with 64 MiB, at the same drain rate (docs/performance.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
