@@ -196,7 +196,8 @@ impl Broker {
     }
 
     /// The standard config, for `port` and `dir`:
-    /// - `max_queued_messages 0` (no limit): the broker must hold everything a
+    /// - `max_queued_messages 100000000` (no limit in effect; not 0, which
+    ///   mosquitto before 2.0.17 can stall on): the broker must hold everything a
     ///   subscriber (ferry's ingest, a test's Collector) has not yet acked, for
     ///   as long as it is away; mosquitto's default of 1000 would drop the rest.
     /// - `max_inflight_messages` [`MAX_INFLIGHT`]: enough in flight to a client for a fast drain.
@@ -212,7 +213,7 @@ impl Broker {
              persistence true\n\
              persistence_location {data}/\n\
              autosave_interval 1\n\
-             max_queued_messages 0\n\
+             max_queued_messages 100000000\n\
              max_inflight_messages {MAX_INFLIGHT}\n\
              set_tcp_nodelay true\n\
              user root\n\
