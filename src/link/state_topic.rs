@@ -26,7 +26,9 @@ use super::connection::{self, ConnEvent, Role, Side};
 use super::status::LinkStatus;
 
 /// How often the state is compared with what was last published.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// In-flight window of the state connection.
+const STATE_INFLIGHT: u16 = 4;
 
 /// The JSON payload for `state` (a `State::as_str`, or "offline"/"stopped").
 pub fn payload(link: &str, state: &str) -> Vec<u8> {
@@ -40,6 +42,10 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
     let (mut endpoint, _) = super::endpoints(&link, &hub);
     endpoint.client_id.push_str("-state");
     let mut spec = super::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
+    // A few small messages: a small window and packet limit keep the
+    // connection's buffers small (1,000 links have 1,000 of these).
+    spec.inflight = STATE_INFLIGHT;
+    spec.max_packet_bytes = 64 * 1024;
     let offline = serde_json::json!({ "link": link.name, "state": "offline", "reason": "ferry's connection to the hub ended without a goodbye" });
     spec.will = Some(LastWill::new(topic.clone(), offline.to_string().into_bytes(), QoS::AtLeastOnce, true, None));
 
