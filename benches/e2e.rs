@@ -807,15 +807,7 @@ async fn backlog(s: &Settings) {
             mib(hwm_ingest),
             load()
         );
-        let cpu0 = cpu_secs(pid);
-        let t0 = Instant::now();
-        edge.restart();
-        let got = sub.wait(n, Duration::from_secs(s.backlog_secs)).await;
-        let cpu = cpu_secs(pid) - cpu0;
-        let (first, last) = {
-            let g = sub.lock();
-            (g.first.map(|f| f.duration_since(t0).as_secs_f64()), g.last.map(|l| l.duration_since(t0).as_secs_f64()))
-        };
+        let (got, cpu, first, last) = restart_and_drain(&mut edge, &sub, pid, n, s.backlog_secs).await;
         // Metrics are exported once a second: wait for a sample after the drain.
         ferry.wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == 0.0, Duration::from_secs(10));
         let empty = ferry.metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]);
@@ -853,18 +845,24 @@ async fn backlog(s: &Settings) {
             mib(status_kib(pid, "VmRSS")),
             load()
         );
-        let cpu0 = cpu_secs(pid);
-        let t0 = Instant::now();
-        edge.restart();
-        let got = sub.wait(n, Duration::from_secs(s.backlog_secs)).await;
-        let cpu = cpu_secs(pid) - cpu0;
-        let (first, last) = {
-            let g = sub.lock();
-            (g.first.map(|f| f.duration_since(t0).as_secs_f64()), g.last.map(|l| l.duration_since(t0).as_secs_f64()))
-        };
+        let (got, cpu, first, last) = restart_and_drain(&mut edge, &sub, pid, n, s.backlog_secs).await;
         report_drain("mosquitto-bridge", n, got, first, last, s.backlog_secs);
         println!("mosquitto-bridge: hub CPU {:.1} s during the drain (load {})", cpu, load());
     }
+}
+
+/// Restarts the edge and waits for `n` messages at `sub`: how many came, the
+/// CPU seconds `pid` used meanwhile, and the first and last delivery in
+/// seconds from the restart.
+async fn restart_and_drain(edge: &mut Broker, sub: &Collector, pid: u32, n: u64, secs: u64) -> (u64, f64, Option<f64>, Option<f64>) {
+    let cpu0 = cpu_secs(pid);
+    let t0 = Instant::now();
+    edge.restart();
+    let got = sub.wait(n, Duration::from_secs(secs)).await;
+    let cpu = cpu_secs(pid) - cpu0;
+    let g = sub.lock();
+    let since = |at: Option<Instant>| at.map(|t| t.duration_since(t0).as_secs_f64());
+    (got, cpu, since(g.first), since(g.last))
 }
 
 fn report_drain(name: &str, n: u64, got: u64, first: Option<f64>, last: Option<f64>, limit: u64) {
