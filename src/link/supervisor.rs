@@ -137,6 +137,9 @@ async fn run_link(s: &mut Supervised) {
                 }
             }
         };
+        // Told to stop: a task that ended meanwhile ended because of that,
+        // not because it failed (no restart, no error, no count).
+        let ended = if s.stop.is_cancelled() { Ended::Stop } else { ended };
         halves.stop_all(&name).await;
         s.status.set_connections(Vec::new());
         report_metrics(&name, &queues, &s.status);
