@@ -86,12 +86,20 @@ impl Settings {
     fn from_env() -> Settings {
         let quick = std::env::args().any(|a| a == "quick");
         let list = |name: &str, default: &str| -> Vec<String> {
-            std::env::var(name).unwrap_or_else(|_| default.to_string()).split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            std::env::var(name)
+                .unwrap_or_else(|_| default.to_string())
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
         };
         Settings {
             scenarios: list("FERRY_E2E", "paths,backlog,scale"),
             msgs: env_or("FERRY_E2E_MSGS", if quick { 20_000 } else { 200_000 }),
-            payloads: list("FERRY_E2E_PAYLOADS", "128,4096").iter().map(|p| p.parse().expect("e2e: FERRY_E2E_PAYLOADS: sizes in bytes")).collect(),
+            payloads: list("FERRY_E2E_PAYLOADS", "128,4096")
+                .iter()
+                .map(|p| p.parse().expect("e2e: FERRY_E2E_PAYLOADS: sizes in bytes"))
+                .collect(),
             rate: env_or("FERRY_E2E_RATE", 5000.0),
             paced_secs: env_or("FERRY_E2E_PACED_SECS", if quick { 2.0 } else { 5.0 }),
             backlog: env_or("FERRY_E2E_BACKLOG", if quick { 50_000 } else { 1_000_000 }),
@@ -107,7 +115,10 @@ impl Settings {
 // ---------------------------------------------------------------- processes
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("e2e: no free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("e2e: no free port")
+        .port()
 }
 
 fn wait_port(port: u16, timeout: Duration) -> bool {
@@ -138,7 +149,10 @@ fn sigterm_and_wait(child: &mut Child, timeout: Duration) {
 }
 
 fn mosquitto_bin() -> &'static str {
-    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].into_iter().find(|p| Path::new(p).is_file()).unwrap_or("mosquitto")
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("mosquitto")
 }
 
 /// A mosquitto process with its own config and temp dir; killed on drop.
@@ -151,7 +165,10 @@ struct Broker {
 impl Broker {
     /// `extra`: config lines appended (a bridge section).
     fn start(extra: &str) -> Broker {
-        let dir = tempfile::Builder::new().prefix("ferry-e2e-broker-").tempdir().expect("e2e: temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-broker-")
+            .tempdir()
+            .expect("e2e: temp dir");
         let port = free_port();
         // Persistence on, autosave only at a clean stop: sessions survive a
         // restart (the backlog scenario) without periodic saves costing CPU.
@@ -178,7 +195,11 @@ impl Broker {
             .spawn()
             .expect("e2e: cannot run mosquitto (install it: apt-get install mosquitto)");
         self.child = Some(child);
-        assert!(wait_port(self.port, Duration::from_secs(10)), "e2e: mosquitto on port {} did not start", self.port);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "e2e: mosquitto on port {} did not start",
+            self.port
+        );
     }
 
     fn addr(&self) -> String {
@@ -212,7 +233,11 @@ impl Broker {
             if wait_port(self.port, Duration::from_secs(5)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "e2e: mosquitto did not restart on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "e2e: mosquitto did not restart on port {}",
+                self.port
+            );
             if let Some(mut c) = self.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
@@ -257,7 +282,10 @@ struct Ferry {
 impl Ferry {
     /// `inflight`: the links' window; None: ferry's default.
     fn start(hub: &Broker, links: &[LinkSpec], inflight: Option<usize>) -> Ferry {
-        let dir = tempfile::Builder::new().prefix("ferry-e2e-ferry-").tempdir().expect("e2e: temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-ferry-")
+            .tempdir()
+            .expect("e2e: temp dir");
         let metrics_port = free_port();
         let mut c = format!(
             "data_dir = \"{}\"\n{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n\
@@ -286,8 +314,16 @@ impl Ferry {
             .stderr(log)
             .spawn()
             .expect("e2e: cannot run the ferry binary");
-        let f = Ferry { dir, metrics_port, child: Some(child) };
-        assert!(wait_port(metrics_port, Duration::from_secs(60)), "e2e: ferry did not start:\n{}", f.log());
+        let f = Ferry {
+            dir,
+            metrics_port,
+            child: Some(child),
+        };
+        assert!(
+            wait_port(metrics_port, Duration::from_secs(60)),
+            "e2e: ferry did not start:\n{}",
+            f.log()
+        );
         f
     }
 
@@ -297,11 +333,20 @@ impl Ferry {
 
     fn log(&self) -> String {
         let text = fs::read_to_string(self.dir.path().join("ferry.log")).unwrap_or_default();
-        text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        text.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn scrape(&self) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else { return String::new() };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return String::new();
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
         let mut body = String::new();
@@ -319,11 +364,18 @@ impl Ferry {
         let deadline = Instant::now() + timeout;
         loop {
             let body = self.scrape();
-            let up = body.lines().filter(|l| l.starts_with("ferry_link_up{") && l.ends_with(" 1")).count();
+            let up = body
+                .lines()
+                .filter(|l| l.starts_with("ferry_link_up{") && l.ends_with(" 1"))
+                .count();
             if up >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "e2e: only {up} of {n} links up after {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "e2e: only {up} of {n} links up after {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -352,7 +404,10 @@ impl Drop for Ferry {
 fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -365,7 +420,10 @@ fn cpu_secs(pid: u32) -> f64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line: 11 and 12 after ')'.
-    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks / hz
@@ -376,7 +434,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().trim_end_matches("kB").trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -385,13 +451,18 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn load() -> String {
-    fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- load
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn options(addr: &str, id: &str) -> MqttOptions {
@@ -406,7 +477,9 @@ fn digits(b: &[u8]) -> Option<u64> {
     if b.len() != 20 {
         return None;
     }
-    b.iter().try_fold(0u64, |acc, d| d.is_ascii_digit().then(|| acc.wrapping_mul(10) + (d - b'0') as u64))
+    b.iter().try_fold(0u64, |acc, d| {
+        d.is_ascii_digit().then(|| acc.wrapping_mul(10) + (d - b'0') as u64)
+    })
 }
 
 static CLIENTS: AtomicU64 = AtomicU64::new(0);
@@ -416,8 +489,20 @@ static CLIENTS: AtomicU64 = AtomicU64::new(0);
 /// rumqttc's in-flight window), with `gate` (the subscribers' delivered
 /// count) at most [`E2E_WINDOW`] ahead of delivery, and returns when every
 /// PUBACK arrived.
-async fn publish(addr: &str, topics: &[String], base: u64, n: u64, size: usize, rate: Option<f64>, gate: Option<Arc<AtomicU64>>) {
-    let id = format!("e2e-pub-{}-{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
+async fn publish(
+    addr: &str,
+    topics: &[String],
+    base: u64,
+    n: u64,
+    size: usize,
+    rate: Option<f64>,
+    gate: Option<Arc<AtomicU64>>,
+) {
+    let id = format!(
+        "e2e-pub-{}-{}",
+        std::process::id(),
+        CLIENTS.fetch_add(1, Ordering::Relaxed)
+    );
     let (client, mut eventloop) = AsyncClient::new(options(addr, &id), 1000);
     let topics = topics.to_vec();
     let producer = tokio::spawn(async move {
@@ -435,7 +520,11 @@ async fn publish(addr: &str, topics: &[String], base: u64, n: u64, size: usize, 
             let mut payload = vec![b'x'; size.max(40)];
             payload[..40].copy_from_slice(format!("{:020}{:020}", base + i, now_ns()).as_bytes());
             let topic = &topics[(i as usize) % topics.len()];
-            if client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await.is_err() {
+            if client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -485,7 +574,11 @@ impl Collector {
     /// Like `start`, adding what it receives to `delivered` (shared by the
     /// subscribers of several brokers).
     fn start_counting(addr: &str, filter: &str, delivered: Arc<AtomicU64>) -> Collector {
-        let id = format!("e2e-sub-{}-{}", std::process::id(), CLIENTS.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "e2e-sub-{}-{}",
+            std::process::id(),
+            CLIENTS.fetch_add(1, Ordering::Relaxed)
+        );
         let mut o = options(addr, &id);
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(3600));
@@ -499,7 +592,9 @@ impl Collector {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if !ack.session_present {
-                            let _ = client.subscribe_many([Filter::new(filter.clone(), QoS::AtLeastOnce)]).await;
+                            let _ = client
+                                .subscribe_many([Filter::new(filter.clone(), QoS::AtLeastOnce)])
+                                .await;
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => shared.lock().expect("e2e: lock").subscribed = true,
@@ -511,7 +606,12 @@ impl Collector {
                             s.warm += 1;
                             continue;
                         }
-                        let (Some(seq), Some(sent_ns)) = (p.payload.get(..20).and_then(digits), p.payload.get(20..40).and_then(digits)) else { continue };
+                        let (Some(seq), Some(sent_ns)) = (
+                            p.payload.get(..20).and_then(digits),
+                            p.payload.get(20..40).and_then(digits),
+                        ) else {
+                            continue;
+                        };
                         if seq < s.base || seq >= s.base + s.n {
                             continue;
                         }
@@ -542,7 +642,14 @@ impl Collector {
         let mut s = self.lock();
         let warm = s.warm;
         let subscribed = s.subscribed;
-        *s = Seen { base, n, flags: vec![false; n as usize], warm, subscribed, ..Seen::default() };
+        *s = Seen {
+            base,
+            n,
+            flags: vec![false; n as usize],
+            warm,
+            subscribed,
+            ..Seen::default()
+        };
         self.delivered.store(0, Ordering::Relaxed);
     }
 
@@ -579,7 +686,10 @@ async fn warm_up(pub_addr: &str, warm_topic: &str, sub: &Collector) {
     sub.wait_subscribed().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sub.lock().warm == 0 {
-        assert!(Instant::now() < deadline, "e2e: nothing crossed {pub_addr} -> subscriber on {warm_topic} within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "e2e: nothing crossed {pub_addr} -> subscriber on {warm_topic} within 60 s"
+        );
         publish(pub_addr, &[warm_topic.to_string()], 0, 1, 64, None, None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -646,22 +756,48 @@ fn setup(kind: PathKind) -> Setup {
         PathKind::Direct => {
             let b = Broker::start("");
             let (addr, pid) = (b.addr(), b.pid());
-            Setup { _edge: None, _hub: b, _ferry: None, pub_addr: addr.clone(), sub_addr: addr, bridge_pid: pid }
+            Setup {
+                _edge: None,
+                _hub: b,
+                _ferry: None,
+                pub_addr: addr.clone(),
+                sub_addr: addr,
+                bridge_pid: pid,
+            }
         }
         PathKind::MosquittoBridge => {
             let edge = Broker::start("");
             let hub = Broker::start(&bridge_section(&edge));
             let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), hub.pid());
-            Setup { _edge: Some(edge), _hub: hub, _ferry: None, pub_addr, sub_addr, bridge_pid: pid }
+            Setup {
+                _edge: Some(edge),
+                _hub: hub,
+                _ferry: None,
+                pub_addr,
+                sub_addr,
+                bridge_pid: pid,
+            }
         }
         PathKind::Ferry => {
             let edge = Broker::start("");
             let hub = Broker::start("");
-            let link = LinkSpec { name: "edge0".into(), port: edge.port, local: "down/#".into(), remote: "down/#".into() };
+            let link = LinkSpec {
+                name: "edge0".into(),
+                port: edge.port,
+                local: "down/#".into(),
+                remote: "down/#".into(),
+            };
             let ferry = Ferry::start(&hub, &[link], Some(INFLIGHT));
             ferry.wait_links_up(1, Duration::from_secs(60));
             let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), ferry.pid());
-            Setup { _edge: Some(edge), _hub: hub, _ferry: Some(ferry), pub_addr, sub_addr, bridge_pid: pid }
+            Setup {
+                _edge: Some(edge),
+                _hub: hub,
+                _ferry: Some(ferry),
+                pub_addr,
+                sub_addr,
+                bridge_pid: pid,
+            }
         }
     }
 }
@@ -677,7 +813,16 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     sub.reset(RUN_SPAN, n);
     let cpu0 = cpu_secs(setup.bridge_pid);
     let t0 = Instant::now();
-    publish(&setup.pub_addr, &topic, RUN_SPAN, n, payload, None, Some(sub.delivered.clone())).await;
+    publish(
+        &setup.pub_addr,
+        &topic,
+        RUN_SPAN,
+        n,
+        payload,
+        None,
+        Some(sub.delivered.clone()),
+    )
+    .await;
     let delivered = sub.wait(n, Duration::from_secs(300)).await;
     let cpu = cpu_secs(setup.bridge_pid) - cpu0;
     let load_now = load();
@@ -698,18 +843,37 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     let (p50, p99, max) = {
         let mut g = sub.lock();
         g.lat_ns.sort_unstable();
-        (percentile(&g.lat_ns, 0.5), percentile(&g.lat_ns, 0.99), g.lat_ns.last().map_or(f64::NAN, |v| *v as f64 / 1e6))
+        (
+            percentile(&g.lat_ns, 0.5),
+            percentile(&g.lat_ns, 0.99),
+            g.lat_ns.last().map_or(f64::NAN, |v| *v as f64 / 1e6),
+        )
     };
     drop(sub);
     drop(setup);
-    PathResult { rate, delivered, sat_p50, sat_p99, p50, p99, max, cpu_per_m: cpu / (delivered.max(1) as f64 / 1e6), load: load_now }
+    PathResult {
+        rate,
+        delivered,
+        sat_p50,
+        sat_p99,
+        p50,
+        p99,
+        max,
+        cpu_per_m: cpu / (delivered.max(1) as f64 / 1e6),
+        load: load_now,
+    }
 }
 
 async fn paths(s: &Settings) {
-    println!("\n## paths: QoS 1, {} messages saturated, then {} msg/s for {} s (latency)", s.msgs, s.rate, s.paced_secs);
+    println!(
+        "\n## paths: QoS 1, {} messages saturated, then {} msg/s for {} s (latency)",
+        s.msgs, s.rate, s.paced_secs
+    );
     let wanted = std::env::var("FERRY_E2E_PATHS").unwrap_or_else(|_| "direct,mosquitto-bridge,ferry".into());
-    let kinds: Vec<PathKind> =
-        [PathKind::Direct, PathKind::MosquittoBridge, PathKind::Ferry].into_iter().filter(|k| wanted.split(',').any(|w| w == k.name())).collect();
+    let kinds: Vec<PathKind> = [PathKind::Direct, PathKind::MosquittoBridge, PathKind::Ferry]
+        .into_iter()
+        .filter(|k| wanted.split(',').any(|w| w == k.name()))
+        .collect();
     let mut results: HashMap<(PathKind, usize), PathResult> = HashMap::new();
     for &payload in &s.payloads {
         for &kind in &kinds {
@@ -771,24 +935,46 @@ async fn publish_backlog_through_ferry(hub: &Broker, ferry: &Ferry, link: &str, 
         let take = chunk.min(n - done);
         publish(&hub.addr(), &[topic.to_string()], base + done, take, 128, None, None).await;
         done += take;
-        let ok = ferry.wait_metric("ferry_queue_messages", &[("link", link), ("direction", "out")], |v| v >= done as f64, Duration::from_secs(120));
-        assert!(ok, "e2e: ferry did not queue {done} messages within 120 s:\n{}", ferry.log());
+        let ok = ferry.wait_metric(
+            "ferry_queue_messages",
+            &[("link", link), ("direction", "out")],
+            |v| v >= done as f64,
+            Duration::from_secs(120),
+        );
+        assert!(
+            ok,
+            "e2e: ferry did not queue {done} messages within 120 s:\n{}",
+            ferry.log()
+        );
     }
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
 async fn backlog(s: &Settings) {
     let n = s.backlog;
-    println!("\n## backlog: {n} x 128 B queued while the edge is down, then the edge returns (limit {} s)", s.backlog_secs);
+    println!(
+        "\n## backlog: {n} x 128 B queued while the edge is down, then the edge returns (limit {} s)",
+        s.backlog_secs
+    );
 
     // ferry, 37 links: link 0 to its own edge, 36 idle links to another.
     {
         let mut edge = Broker::start("");
         let others = Broker::start("");
         let hub = Broker::start("");
-        let mut links = vec![LinkSpec { name: "edge0".into(), port: edge.port, local: "edge/0/down/#".into(), remote: "down/#".into() }];
+        let mut links = vec![LinkSpec {
+            name: "edge0".into(),
+            port: edge.port,
+            local: "edge/0/down/#".into(),
+            remote: "down/#".into(),
+        }];
         for i in 1..37 {
-            links.push(LinkSpec { name: format!("edge{i}"), port: others.port, local: format!("edge/{i}/down/#"), remote: format!("down/{i}/#") });
+            links.push(LinkSpec {
+                name: format!("edge{i}"),
+                port: others.port,
+                local: format!("edge/{i}/down/#"),
+                remote: format!("down/{i}/#"),
+            });
         }
         let ferry = Ferry::start(&hub, &links, Some(INFLIGHT));
         ferry.wait_links_up(37, Duration::from_secs(60));
@@ -809,7 +995,12 @@ async fn backlog(s: &Settings) {
         );
         let (got, cpu, first, last) = restart_and_drain(&mut edge, &sub, pid, n, s.backlog_secs).await;
         // Metrics are exported once a second: wait for a sample after the drain.
-        ferry.wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == 0.0, Duration::from_secs(10));
+        ferry.wait_metric(
+            "ferry_queue_messages",
+            &[("link", "edge0"), ("direction", "out")],
+            |v| v == 0.0,
+            Duration::from_secs(10),
+        );
         let empty = ferry.metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]);
         let hwm = status_kib(pid, "VmHWM");
         report_drain("ferry", n, got, first, last, s.backlog_secs);
@@ -847,14 +1038,24 @@ async fn backlog(s: &Settings) {
         );
         let (got, cpu, first, last) = restart_and_drain(&mut edge, &sub, pid, n, s.backlog_secs).await;
         report_drain("mosquitto-bridge", n, got, first, last, s.backlog_secs);
-        println!("mosquitto-bridge: hub CPU {:.1} s during the drain (load {})", cpu, load());
+        println!(
+            "mosquitto-bridge: hub CPU {:.1} s during the drain (load {})",
+            cpu,
+            load()
+        );
     }
 }
 
 /// Restarts the edge and waits for `n` messages at `sub`: how many came, the
 /// CPU seconds `pid` used meanwhile, and the first and last delivery in
 /// seconds from the restart.
-async fn restart_and_drain(edge: &mut Broker, sub: &Collector, pid: u32, n: u64, secs: u64) -> (u64, f64, Option<f64>, Option<f64>) {
+async fn restart_and_drain(
+    edge: &mut Broker,
+    sub: &Collector,
+    pid: u32,
+    n: u64,
+    secs: u64,
+) -> (u64, f64, Option<f64>, Option<f64>) {
     let cpu0 = cpu_secs(pid);
     let t0 = Instant::now();
     edge.restart();
@@ -888,7 +1089,12 @@ fn report_drain(name: &str, n: u64, got: u64, first: Option<f64>, last: Option<f
 /// `down/<i>/#`.
 fn many_links(count: usize, edges: &[Broker]) -> Vec<LinkSpec> {
     (0..count)
-        .map(|i| LinkSpec { name: format!("edge{i}"), port: edges[i % edges.len()].port, local: format!("edge/{i}/down/#"), remote: format!("down/{i}/#") })
+        .map(|i| LinkSpec {
+            name: format!("edge{i}"),
+            port: edges[i % edges.len()].port,
+            local: format!("edge/{i}/down/#"),
+            remote: format!("down/{i}/#"),
+        })
         .collect()
 }
 
@@ -909,11 +1115,16 @@ fn idle_sample(name: &str, pid: u32, secs: u64) {
 /// The links' window in the scale scenario: ferry's default (100) unless
 /// `FERRY_E2E_SCALE_INFLIGHT` says otherwise.
 fn scale_inflight() -> Option<usize> {
-    std::env::var("FERRY_E2E_SCALE_INFLIGHT").ok().and_then(|v| v.parse().ok())
+    std::env::var("FERRY_E2E_SCALE_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 async fn scale(s: &Settings) {
-    println!("\n## scale (ferry inflight {})", scale_inflight().map_or("100, the default".to_string(), |n| n.to_string()));
+    println!(
+        "\n## scale (ferry inflight {})",
+        scale_inflight().map_or("100, the default".to_string(), |n| n.to_string())
+    );
     {
         let edges: Vec<Broker> = (0..4).map(|_| Broker::start("")).collect();
         let hub = Broker::start("");
@@ -921,13 +1132,19 @@ async fn scale(s: &Settings) {
         let started = Instant::now();
         let ferry = Ferry::start(&hub, &links, scale_inflight());
         ferry.wait_links_up(37, Duration::from_secs(60));
-        println!("37 links over 4 edge brokers: all up {:.1} s after start", started.elapsed().as_secs_f64());
+        println!(
+            "37 links over 4 edge brokers: all up {:.1} s after start",
+            started.elapsed().as_secs_f64()
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         idle_sample("37 links idle", ferry.pid(), 10);
 
         // Under load: round robin over the 37 hub topics.
         let delivered = Arc::new(AtomicU64::new(0));
-        let subs: Vec<Collector> = edges.iter().map(|e| Collector::start_counting(&e.addr(), "down/#", delivered.clone())).collect();
+        let subs: Vec<Collector> = edges
+            .iter()
+            .map(|e| Collector::start_counting(&e.addr(), "down/#", delivered.clone()))
+            .collect();
         for (i, sub) in subs.iter().enumerate() {
             warm_up(&hub.addr(), &format!("edge/{i}/down/warm"), sub).await;
         }
@@ -968,7 +1185,10 @@ async fn scale(s: &Settings) {
         let started = Instant::now();
         let ferry = Ferry::start(&hub, &links, scale_inflight());
         ferry.wait_links_up(count, Duration::from_secs(300));
-        println!("{count} links over 4 edge brokers: all up {:.1} s after start", started.elapsed().as_secs_f64());
+        println!(
+            "{count} links over 4 edge brokers: all up {:.1} s after start",
+            started.elapsed().as_secs_f64()
+        );
         tokio::time::sleep(Duration::from_secs(5)).await;
         idle_sample(&format!("{count} links idle"), ferry.pid(), 10);
     }
@@ -979,7 +1199,12 @@ async fn scale(s: &Settings) {
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores, {cpu}; load {}", load())
@@ -993,7 +1218,11 @@ fn main() {
     let s = Settings::from_env();
     println!("# ferry e2e benchmark: {}", machine());
     println!("ferry binary: {FERRY_BIN}; scenarios: {}", s.scenarios.join(","));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("e2e: tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("e2e: tokio runtime");
     rt.block_on(async {
         if s.wants("paths") {
             paths(&s).await;

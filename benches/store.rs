@@ -43,7 +43,9 @@ fn record(payload: usize) -> Record {
 
 fn open_queue(dir: &Path) -> (Store, Queue) {
     let store = Store::open(dir).expect("bench: cannot open the store in a temp dir");
-    let queue = store.queue("bench/out", QueueLimits::UNBOUNDED).expect("bench: cannot open the queue");
+    let queue = store
+        .queue("bench/out", QueueLimits::UNBOUNDED)
+        .expect("bench: cannot open the queue");
     (store, queue)
 }
 
@@ -64,7 +66,9 @@ fn append_commit(c: &mut Criterion) {
     let (store, queue) = open_queue(dir.path());
     for payload in PAYLOADS {
         let mut group = c.benchmark_group(format!("append_commit/{payload}B"));
-        group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+        group
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
         for batch_size in BATCHES {
             let batch = vec![record(payload); batch_size];
             group.throughput(Throughput::Elements(batch_size as u64));
@@ -95,7 +99,9 @@ fn read_ack(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("bench: temp dir");
     let (store, queue) = open_queue(dir.path());
     let mut group = c.benchmark_group("read_ack");
-    group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(WINDOW as u64));
     for payload in PAYLOADS {
         let fill = vec![record(payload); 1024];
@@ -158,7 +164,11 @@ fn open_and_disk() {
         let (store, queue) = open_queue(dir.path());
         let first = queue.read(0, WINDOW).expect("bench: read failed");
         let took = t.elapsed();
-        assert_eq!(first.len() as u64, WINDOW.min(n as usize) as u64, "bench: the reopened store lost messages");
+        assert_eq!(
+            first.len() as u64,
+            WINDOW.min(n as usize) as u64,
+            "bench: the reopened store lost messages"
+        );
         assert_eq!(queue.depth().messages, n, "bench: the reopened store lost messages");
         times.push(took.as_secs_f64());
         drop((queue, store));
@@ -180,7 +190,11 @@ fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).expect("bench: read_dir").flatten() {
         let Ok(meta) = entry.metadata() else { continue };
-        total += if meta.is_dir() { dir_size(&entry.path()) } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_size(&entry.path())
+        } else {
+            meta.len()
+        };
     }
     total
 }
@@ -195,7 +209,9 @@ fn smoke() {
     let (store, queue) = open_queue(dir.path());
     for payload in PAYLOADS {
         for batch_size in BATCHES {
-            queue.append(&vec![record(payload); batch_size]).expect("bench: append failed");
+            queue
+                .append(&vec![record(payload); batch_size])
+                .expect("bench: append failed");
             store.flush().expect("bench: flush failed");
         }
         let entries = queue.read(0, WINDOW).expect("bench: read failed");
@@ -217,7 +233,11 @@ fn main() {
     benches();
     // A filter that does not name them skips the open and disk measurements.
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if filters.is_empty() || filters.iter().any(|f| "open".contains(f.as_str()) || "disk".contains(f.as_str())) {
+    if filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| "open".contains(f.as_str()) || "disk".contains(f.as_str()))
+    {
         open_and_disk();
     }
     criterion::Criterion::default().configure_from_args().final_summary();

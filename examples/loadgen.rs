@@ -39,7 +39,9 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: Option<T>) -> T
 }
 
 fn options(addr: &str, id: &str) -> MqttOptions {
-    let Some((host, port)) = addr.rsplit_once(':') else { usage() };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        usage()
+    };
     let port: u16 = port.parse().unwrap_or_else(|_| usage());
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(30));
@@ -97,7 +99,10 @@ async fn publish(addr: &str, topic: &str, count: u64, size: usize, start: u64) {
         }
     }
     let secs = began.elapsed().as_secs_f64();
-    println!("published {count} x {size} B to {topic} in {secs:.2} s: {:.0} msg/s", count as f64 / secs);
+    println!(
+        "published {count} x {size} B to {topic} in {secs:.2} s: {:.0} msg/s",
+        count as f64 / secs
+    );
 }
 
 async fn count_messages(addr: &str, filter: &str, count: u64, id: &str) {
@@ -116,7 +121,11 @@ async fn count_messages(addr: &str, filter: &str, count: u64, id: &str) {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 first.get_or_insert_with(Instant::now);
                 total += 1;
-                if let Some(seq) = p.payload.get(..SEQ_DIGITS).and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok()) {
+                if let Some(seq) = p
+                    .payload
+                    .get(..SEQ_DIGITS)
+                    .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok())
+                {
                     seen.insert(seq);
                 }
                 if seen.len() as u64 >= count {

@@ -39,12 +39,14 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Binds `addr` (failing at once if it cannot) and serves until `shutdown`.
 pub async fn serve(addr: SocketAddr, control: Arc<Control>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("admin API: cannot listen on {addr} (set [admin] listen to a free address, or \"off\")"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("admin API: cannot listen on {addr} (set [admin] listen to a free address, or \"off\")")
+    })?;
     let app = router(control);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin API stopped");
         }
@@ -82,7 +84,11 @@ fn command_error(e: CommandError) -> Response {
 async fn readyz(State(control): State<Arc<Control>>) -> Response {
     match control.not_ready() {
         None => Json(json!({ "ready": true })).into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": why }))).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": why })),
+        )
+            .into_response(),
     }
 }
 
@@ -126,7 +132,8 @@ async fn reload(State(control): State<Arc<Control>>) -> Response {
         Ok(Err(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, why),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ferry did not get to the reload in time (is it waiting for the store?); the reload may still happen".into(),
+            "ferry did not get to the reload in time (is it waiting for the store?); the reload may still happen"
+                .into(),
         ),
     }
 }

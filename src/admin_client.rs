@@ -46,7 +46,10 @@ impl Reply {
 
     /// The API's `{"error": ...}` text, or the raw body.
     pub fn error_text(&self) -> String {
-        self.body.get("error").and_then(Value::as_str).map_or_else(|| self.body.to_string(), str::to_string)
+        self.body
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| self.body.to_string(), str::to_string)
     }
 }
 
@@ -76,10 +79,17 @@ fn parse_reply(raw: &[u8]) -> Option<Reply> {
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut body = raw[split + 4..].to_vec();
     let code: u16 = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
-    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
+    if head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"))
+    {
         body = dechunk(&body)?;
     }
-    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).ok()? };
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).ok()?
+    };
     Some(Reply { code, body })
 }
 
@@ -116,10 +126,22 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
     );
     let empty = Vec::new();
     let links = view.get("links").and_then(Value::as_array).unwrap_or(&empty);
-    let mut rows = vec![["LINK", "STATE", "OUT QUEUED", "OUT OLDEST", "IN QUEUED", "IN OLDEST", "RESTARTS", "LAST ERROR"].map(String::from)];
+    let mut rows = vec![[
+        "LINK",
+        "STATE",
+        "OUT QUEUED",
+        "OUT OLDEST",
+        "IN QUEUED",
+        "IN OLDEST",
+        "RESTARTS",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
     for link in links {
         let queue = |direction: &str| {
-            link.get("queues").and_then(Value::as_array).and_then(|qs| qs.iter().find(|q| text(q, "direction") == direction))
+            link.get("queues")
+                .and_then(Value::as_array)
+                .and_then(|qs| qs.iter().find(|q| text(q, "direction") == direction))
         };
         let depth = |direction: &str| match queue(direction) {
             None => "-".to_string(),
@@ -127,11 +149,16 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
             Some(q) => format!("{} ({})", num(q, "messages"), format_bytes(num(q, "bytes"))),
         };
         let oldest = |direction: &str| {
-            queue(direction).map_or("-".to_string(), |q| format_age(q.get("oldest_age_secs").and_then(Value::as_f64).unwrap_or(0.0)))
+            queue(direction).map_or("-".to_string(), |q| {
+                format_age(q.get("oldest_age_secs").and_then(Value::as_f64).unwrap_or(0.0))
+            })
         };
         let mut state = text(link, "state");
         if let Some(at) = link.get("restart_at_ms").and_then(Value::as_u64) {
-            state.push_str(&format!(" (in {})", format_age(at.saturating_sub(now_ms) as f64 / 1000.0)));
+            state.push_str(&format!(
+                " (in {})",
+                format_age(at.saturating_sub(now_ms) as f64 / 1000.0)
+            ));
         } else if state == "connecting" {
             let next = link
                 .get("connections")
@@ -141,11 +168,20 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
                 .filter_map(|c| c.get("next_attempt_ms").and_then(Value::as_u64))
                 .min();
             if let Some(at) = next {
-                state.push_str(&format!(" (retry in {})", format_age((at.saturating_sub(now_ms) as f64 / 1000.0).max(0.5))));
+                state.push_str(&format!(
+                    " (retry in {})",
+                    format_age((at.saturating_sub(now_ms) as f64 / 1000.0).max(0.5))
+                ));
             }
         }
-        let last_error = match (link.get("last_error").and_then(Value::as_str), link.get("last_error_ms").and_then(Value::as_u64)) {
-            (Some(e), Some(at)) => format!("{} ago: {e}", format_age((now_ms.saturating_sub(at) as f64 / 1000.0).max(1.0))),
+        let last_error = match (
+            link.get("last_error").and_then(Value::as_str),
+            link.get("last_error_ms").and_then(Value::as_u64),
+        ) {
+            (Some(e), Some(at)) => format!(
+                "{} ago: {e}",
+                format_age((now_ms.saturating_sub(at) as f64 / 1000.0).max(1.0))
+            ),
             (Some(e), None) => e.to_string(),
             _ => "-".to_string(),
         };
@@ -173,7 +209,8 @@ mod tests {
 
     #[test]
     fn replies_with_and_without_chunking_parse() {
-        let plain = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"error\":\"no\"}";
+        let plain =
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"error\":\"no\"}";
         let r = parse_reply(plain).unwrap();
         assert_eq!(r.code, 404);
         assert_eq!(r.error_text(), "no");
@@ -202,8 +239,16 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("ferry 0.1.0 (pid 7), up 1m 15s, ready"), "{table}");
         assert!(lines[3].starts_with("LINK"), "{table}");
-        assert!(lines[4].starts_with("edge1") && lines[4].contains("connected"), "{table}");
-        assert!(lines[5].contains("connecting (retry in 2s)") && lines[5].contains("20000 (") && lines[5].contains("1m 12s"), "{table}");
+        assert!(
+            lines[4].starts_with("edge1") && lines[4].contains("connected"),
+            "{table}"
+        );
+        assert!(
+            lines[5].contains("connecting (retry in 2s)")
+                && lines[5].contains("20000 (")
+                && lines[5].contains("1m 12s"),
+            "{table}"
+        );
         assert!(lines[5].ends_with("1s ago: out edge drain: refused"), "{table}");
     }
 }

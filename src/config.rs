@@ -199,9 +199,7 @@ impl fmt::Display for Route {
 
 impl LinkConfig {
     pub fn routes(&self, direction: Direction) -> impl Iterator<Item = &Route> + '_ {
-        self.routes
-            .iter()
-            .filter(move |route| route.direction == direction)
+        self.routes.iter().filter(move |route| route.direction == direction)
     }
 
     /// The client id of this link's connection to the hub.
@@ -285,12 +283,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
             Some((line, column)) => {
-                write!(
-                    f,
-                    "{}:{line}:{column}: {}",
-                    self.path.display(),
-                    self.message
-                )
+                write!(f, "{}:{line}:{column}: {}", self.path.display(), self.message)
             }
             None => write!(f, "{}: {}", self.path.display(), self.message),
         }
@@ -493,18 +486,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let help = "write a whole number with an optional unit: B, KB, MB, GB, TB (powers of 1000) \
                 or KiB, MiB, GiB, TiB (powers of 1024), like \"8GiB\"";
     let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(digits_end);
     let unit = unit.trim_start();
     if digits.is_empty() {
         return Err(format!("{text:?} is not a size; {help}"));
     }
-    let Some(&(_, multiplier)) = SIZE_UNITS
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(unit))
-    else {
+    let Some(&(_, multiplier)) = SIZE_UNITS.iter().find(|(name, _)| name.eq_ignore_ascii_case(unit)) else {
         return Err(format!("{text:?} has an unknown unit {unit:?}; {help}"));
     };
     digits
@@ -538,9 +526,7 @@ pub fn format_size(bytes: u64) -> String {
 
 fn size_value(key: &str, raw: &Spanned<RawSize>) -> Result<u64, Problem> {
     let bytes = match raw.get_ref() {
-        RawSize::Bytes(number) => {
-            u64::try_from(*number).map_err(|_| format!("{key} cannot be negative, got {number}"))
-        }
+        RawSize::Bytes(number) => u64::try_from(*number).map_err(|_| format!("{key} cannot be negative, got {number}")),
         RawSize::Text(text) => parse_size(text).map_err(|error| format!("{key}: {error}")),
     };
     bytes.map_err(|message| Problem::at(raw.span(), message))
@@ -599,9 +585,7 @@ fn direction_value(raw: &Spanned<String>) -> Result<Direction, Problem> {
         "in" => Ok(Direction::In),
         other => Err(Problem::at(
             raw.span(),
-            format!(
-                "direction must be \"out\" (hub -> edge) or \"in\" (edge -> hub), got {other:?}"
-            ),
+            format!("direction must be \"out\" (hub -> edge) or \"in\" (edge -> hub), got {other:?}"),
         )),
     }
 }
@@ -756,36 +740,22 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
         .flatten();
     layer.inflight = problems
         .take_optional(&raw.inflight, |raw| {
-            let inflight = integer_in(
-                "inflight",
-                raw,
-                1..=65535,
-                " (unacknowledged messages on the wire)",
-            )?;
+            let inflight = integer_in("inflight", raw, 1..=65535, " (unacknowledged messages on the wire)")?;
             u16::try_from(inflight).map_err(|_| Problem::at(raw.span(), "inflight is too large"))
         })
         .flatten();
     layer.queue_max_bytes = problems
-        .take_optional(&raw.queue_max_bytes, |raw| {
-            size_value("queue_max_bytes", raw)
-        })
+        .take_optional(&raw.queue_max_bytes, |raw| size_value("queue_max_bytes", raw))
         .flatten();
     layer.queue_max_messages = problems
         .take_optional(&raw.queue_max_messages, |raw| {
             integer_in("queue_max_messages", raw, 0..=i64::MAX, " (0: no limit)")
         })
         .flatten();
-    layer.overflow = problems
-        .take_optional(&raw.overflow, overflow_value)
-        .flatten();
+    layer.overflow = problems.take_optional(&raw.overflow, overflow_value).flatten();
     layer.message_ttl = problems
         .take_optional(&raw.message_ttl_secs, |raw| {
-            let secs = integer_in(
-                "message_ttl_secs",
-                raw,
-                0..=i64::MAX,
-                " (0: keep until delivered)",
-            )?;
+            let secs = integer_in("message_ttl_secs", raw, 0..=i64::MAX, " (0: keep until delivered)")?;
             Ok((secs > 0).then(|| Duration::from_secs(secs)))
         })
         .flatten();
@@ -801,8 +771,7 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
                     ),
                 ));
             }
-            u32::try_from(bytes)
-                .map_err(|_| Problem::at(raw.span(), "max_message_bytes is too large"))
+            u32::try_from(bytes).map_err(|_| Problem::at(raw.span(), "max_message_bytes is too large"))
         })
         .flatten();
     layer
@@ -906,8 +875,7 @@ fn validate_link(
     let tuning = validate_tuning(&raw.tuning(), problems)
         .over(defaults)
         .over(&builtin_tuning());
-    let (Some(reconnect_min), Some(reconnect_max)) = (&tuning.reconnect_min, &tuning.reconnect_max)
-    else {
+    let (Some(reconnect_min), Some(reconnect_max)) = (&tuning.reconnect_min, &tuning.reconnect_max) else {
         return None;
     };
     if reconnect_min.value > reconnect_max.value {
@@ -1096,8 +1064,7 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
         }
     }
 
-    let hub_client_id =
-        hub_client_id.map(|id| id.unwrap_or_else(|| DEFAULT_HUB_CLIENT_ID.to_owned()));
+    let hub_client_id = hub_client_id.map(|id| id.unwrap_or_else(|| DEFAULT_HUB_CLIENT_ID.to_owned()));
     if let Some(hub_client_id) = &hub_client_id {
         check_names_and_client_ids(text, &raw.links, hub_client_id, &mut problems);
     }
@@ -1115,7 +1082,9 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
     Ok(Config {
         source: source.to_path_buf(),
         data_dir: data_dir.ok_or_else(incomplete)?,
-        store_cache_bytes: store_cache.ok_or_else(incomplete)?.unwrap_or(crate::store::DEFAULT_CACHE_BYTES),
+        store_cache_bytes: store_cache
+            .ok_or_else(incomplete)?
+            .unwrap_or(crate::store::DEFAULT_CACHE_BYTES),
         metrics: MetricsConfig {
             listen: listen.ok_or_else(incomplete)?,
         },
@@ -1132,19 +1101,12 @@ fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem
             password,
             state_topic: state_topic.ok_or_else(incomplete)?,
         },
-        links: links
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(incomplete)?,
+        links: links.into_iter().collect::<Option<Vec<_>>>().ok_or_else(incomplete)?,
     })
 }
 
 /// `[<section>] listen`: an IP address with a port, or "off".
-fn listen_address(
-    section: &str,
-    raw: &Option<Spanned<String>>,
-    default: &str,
-) -> Result<Option<SocketAddr>, Problem> {
+fn listen_address(section: &str, raw: &Option<Spanned<String>>, default: &str) -> Result<Option<SocketAddr>, Problem> {
     match raw {
         None => default
             .parse()
@@ -1230,9 +1192,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|error| {
             error_at(Problem {
                 offset: error.span().map(|span| span.start),
-                message: error
-                    .message()
-                    .replace("expected i64", "expected an integer"),
+                message: error.message().replace("expected i64", "expected an integer"),
             })
         })?;
         validate(text, raw, source).map_err(error_at)
@@ -1403,10 +1363,7 @@ remote = "down/#"
         let config = parse(ISSUE_EXAMPLE).unwrap();
         assert_eq!(config.source, Path::new("file.toml"));
         assert_eq!(config.data_dir, Path::new("/var/lib/ferry"));
-        assert_eq!(
-            config.metrics.listen,
-            Some("127.0.0.1:9464".parse().unwrap())
-        );
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.hub.host, "127.0.0.1");
         assert_eq!(config.hub.port, 1883);
         assert_eq!(config.hub.client_id, "ferry-hub");
@@ -1438,10 +1395,7 @@ remote = "down/#"
         assert_eq!(out.line, 23);
         assert_eq!(out.source_filter(), "edge/1/down/#");
         assert_eq!(out.dest_filter(), "down/#");
-        assert_eq!(
-            out.map_to_dest("edge/1/down/a/b").as_deref(),
-            Some("down/a/b")
-        );
+        assert_eq!(out.map_to_dest("edge/1/down/a/b").as_deref(), Some("down/a/b"));
 
         let inbound = &link.routes[1];
         assert_eq!(inbound.direction, Direction::In);
@@ -1470,10 +1424,7 @@ remote = "down/#"
             "  out  hub:edge/1/down/# -> edge:down/#  qos 1\n",
             "  in   edge:up/# -> hub:edge/1/up/#  qos 1\n",
         ] {
-            assert!(
-                summary.contains(expected),
-                "{expected:?} missing from:\n{summary}"
-            );
+            assert!(summary.contains(expected), "{expected:?} missing from:\n{summary}");
         }
     }
 
@@ -1529,10 +1480,7 @@ remote = "+"
 qos = 2
 "##;
         let config = parse(text).unwrap();
-        assert_eq!(
-            config.metrics.listen,
-            Some("127.0.0.1:9464".parse().unwrap())
-        );
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.hub.client_id, "ferry-hub");
         let a = &config.links[0];
         assert_eq!(a.client_id, "ferry-a");
@@ -1569,10 +1517,7 @@ qos = 2
         let off = parse(&format!("{MINIMAL_LINK}[metrics]\nlisten = \"off\"\n")).unwrap();
         assert_eq!(off.metrics.listen, None);
         assert!(off.summary().contains("metrics   off"));
-        let moved = parse(&format!(
-            "{MINIMAL_LINK}[metrics]\nlisten = \"0.0.0.0:1\"\n"
-        ))
-        .unwrap();
+        let moved = parse(&format!("{MINIMAL_LINK}[metrics]\nlisten = \"0.0.0.0:1\"\n")).unwrap();
         assert_eq!(moved.metrics.listen, Some("0.0.0.0:1".parse().unwrap()));
         assert_error(
             "data_dir = \"q\"\n[metrics]\nlisten = \"localhost\"\n",
@@ -1608,20 +1553,10 @@ qos = 2
         for (text, bytes) in cases {
             assert_eq!(parse_size(text), Ok(bytes), "{text}");
         }
-        for bad in [
-            "",
-            "GiB",
-            "1.5GiB",
-            "-1",
-            "8 gigs",
-            "1K",
-            "99999999999999TiB",
-        ] {
+        for bad in ["", "GiB", "1.5GiB", "-1", "8 gigs", "1K", "99999999999999TiB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        assert!(parse_size("8 gigs")
-            .unwrap_err()
-            .contains("KiB, MiB, GiB, TiB"));
+        assert!(parse_size("8 gigs").unwrap_err().contains("KiB, MiB, GiB, TiB"));
         assert_eq!(format_size(8 << 30), "8GiB");
         assert_eq!(format_size(1_000_000), "1MB");
         assert_eq!(format_size(1001), "1001B");
@@ -1640,20 +1575,14 @@ qos = 2
     fn missing_data_dir_is_reported_without_a_line() {
         let error = parse("[hub]\nport = 1\n").unwrap_err();
         assert_eq!(error.line(), None);
-        assert!(
-            error.to_string().starts_with("file.toml: missing data_dir"),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("file.toml: missing data_dir"), "{error}");
     }
 
     #[test]
     fn load_names_the_path_when_the_file_cannot_be_read() {
         let error = Config::load(Path::new("/nonexistent/ferry.toml")).unwrap_err();
         let text = error.to_string();
-        assert!(
-            text.starts_with("/nonexistent/ferry.toml: cannot read"),
-            "{text}"
-        );
+        assert!(text.starts_with("/nonexistent/ferry.toml: cannot read"), "{text}");
     }
 
     #[test]
@@ -1664,31 +1593,11 @@ qos = 2
             9,
             "unknown field `colour`",
         );
-        assert_error(
-            "data_dir = \"q\"\n[hub]\nhots = \"x\"\n",
-            3,
-            "unknown field `hots`",
-        );
-        assert_error(
-            "data_dir = \"q\"\n[defaults]\nkeepalive = 3\n",
-            3,
-            "unknown field",
-        );
-        assert_error(
-            "data_dir = \"q\"\n[metrics]\nport = 3\n",
-            3,
-            "unknown field",
-        );
-        assert_error(
-            "data_dir = \"q\"\n[hub]\nport = \"x\"\n",
-            3,
-            "expected an integer",
-        );
-        assert_error(
-            "data_dir = \"q\"\n[[links]]\nhost = \"h\"\n",
-            2,
-            "missing field `name`",
-        );
+        assert_error("data_dir = \"q\"\n[hub]\nhots = \"x\"\n", 3, "unknown field `hots`");
+        assert_error("data_dir = \"q\"\n[defaults]\nkeepalive = 3\n", 3, "unknown field");
+        assert_error("data_dir = \"q\"\n[metrics]\nport = 3\n", 3, "unknown field");
+        assert_error("data_dir = \"q\"\n[hub]\nport = \"x\"\n", 3, "expected an integer");
+        assert_error("data_dir = \"q\"\n[[links]]\nhost = \"h\"\n", 2, "missing field `name`");
         assert_error("data_dir = \"q\"\ndata_dir = \"r\"\n", 2, "duplicate key");
         assert_error("data_dir = \"q\n", 1, "");
         assert_error(
@@ -1696,11 +1605,7 @@ qos = 2
             9,
             "unknown field `qqos`",
         );
-        assert_error(
-            "data_dir = \"q\"\n[defaults]\nqueue_max_bytes = true\n",
-            3,
-            "a size",
-        );
+        assert_error("data_dir = \"q\"\n[defaults]\nqueue_max_bytes = true\n", 3, "a size");
     }
 
     /// MINIMAL_LINK with `old` replaced by `new` (which must be present).
@@ -1745,11 +1650,7 @@ qos = 2
             9,
             "qos must be between 0 and 2, got 3",
         );
-        assert_error(
-            &format!("{MINIMAL_LINK}qos = -1\n"),
-            9,
-            "qos must be between 0 and 2",
-        );
+        assert_error(&format!("{MINIMAL_LINK}qos = -1\n"), 9, "qos must be between 0 and 2");
         assert_error(
             "data_dir = \"q\"\n[[links]]\nname = \"e\"\nhost = \"h\"\n",
             2,
@@ -1766,10 +1667,7 @@ qos = 2
                 "is not allowed: use 1 to 64 characters from A-Z, a-z, 0-9, '_', '.' and '-'",
             );
         }
-        let ok = minimal_with(
-            "name = \"e1\"",
-            &format!("name = \"{}\"", "A-z_0.9".repeat(9)),
-        );
+        let ok = minimal_with("name = \"e1\"", &format!("name = \"{}\"", "A-z_0.9".repeat(9)));
         assert!(parse(&ok).is_ok());
     }
 
@@ -1798,11 +1696,7 @@ remote = "#"
 
     #[test]
     fn duplicate_link_names_name_both_lines() {
-        let error = assert_error(
-            &two_links("", "a", ""),
-            11,
-            "already used by the link at line 3",
-        );
+        let error = assert_error(&two_links("", "a", ""), 11, "already used by the link at line 3");
         assert!(error.contains("\"a\""), "{error}");
     }
 
@@ -1887,33 +1781,18 @@ remote = "#"
                 "keepalive_secs = 0",
                 "keepalive_secs must be between 5 and 65535 seconds, got 0",
             ),
-            (
-                "keepalive_secs = 65536",
-                "keepalive_secs must be between 5 and 65535",
-            ),
+            ("keepalive_secs = 65536", "keepalive_secs must be between 5 and 65535"),
             ("inflight = 0", "inflight must be between 1 and 65535"),
-            (
-                "reconnect_min_ms = 0",
-                "reconnect_min_ms must be between 1 and",
-            ),
-            (
-                "reconnect_max_ms = -5",
-                "reconnect_max_ms must be between 1 and",
-            ),
+            ("reconnect_min_ms = 0", "reconnect_min_ms must be between 1 and"),
+            ("reconnect_max_ms = -5", "reconnect_max_ms must be between 1 and"),
             (
                 "queue_max_bytes = \"8 gigs\"",
                 "queue_max_bytes: \"8 gigs\" has an unknown unit",
             ),
             ("queue_max_bytes = -1", "queue_max_bytes cannot be negative"),
-            (
-                "queue_max_messages = -1",
-                "queue_max_messages must be between 0",
-            ),
+            ("queue_max_messages = -1", "queue_max_messages must be between 0"),
             ("overflow = \"drop\"", "overflow must be \"block\""),
-            (
-                "message_ttl_secs = -1",
-                "message_ttl_secs must be between 0",
-            ),
+            ("message_ttl_secs = -1", "message_ttl_secs must be between 0"),
             (
                 "max_message_bytes = 1023",
                 "max_message_bytes must be between 1KiB and 256MiB, got 1023B",
@@ -1922,17 +1801,10 @@ remote = "#"
                 "max_message_bytes = \"257MiB\"",
                 "max_message_bytes must be between 1KiB and 256MiB, got 257MiB",
             ),
-            (
-                "max_message_bytes = \"x\"",
-                "max_message_bytes: \"x\" is not a size",
-            ),
+            ("max_message_bytes = \"x\"", "max_message_bytes: \"x\" is not a size"),
         ];
         for (setting, message) in cases {
-            assert_error(
-                &format!("data_dir = \"q\"\n[defaults]\n{setting}\n"),
-                3,
-                message,
-            );
+            assert_error(&format!("data_dir = \"q\"\n[defaults]\n{setting}\n"), 3, message);
             assert_error(
                 &minimal_with("host = \"10.0.0.1\"", &format!("host = \"h\"\n{setting}")),
                 5,
@@ -1950,20 +1822,14 @@ remote = "#"
         );
         // A link's minimum against the built-in maximum of 30000.
         assert_error(
-            &minimal_with(
-                "host = \"10.0.0.1\"",
-                "host = \"h\"\nreconnect_min_ms = 40000",
-            ),
+            &minimal_with("host = \"10.0.0.1\"", "host = \"h\"\nreconnect_min_ms = 40000"),
             5,
             "reconnect_min_ms (40000) is larger than reconnect_max_ms (30000) for link \"e1\"",
         );
         // A link's maximum against the [defaults] minimum.
         let text = format!(
             "[defaults]\nreconnect_min_ms = 1000\n{}",
-            minimal_with(
-                "host = \"10.0.0.1\"",
-                "host = \"h\"\nreconnect_max_ms = 999"
-            )
+            minimal_with("host = \"10.0.0.1\"", "host = \"h\"\nreconnect_max_ms = 999")
         )
         .replacen("data_dir = \"/tmp/q\"\n", "", 1);
         assert_error(
@@ -1991,11 +1857,7 @@ remote = "x/+"
 local = "hub/in/+"
 "##,
         );
-        assert_error(
-            &edge_loop,
-            9,
-            "route at line 5 and route at line 9 form a bridge loop",
-        );
+        assert_error(&edge_loop, 9, "route at line 5 and route at line 9 form a bridge loop");
         assert_error(&edge_loop, 9, "writes \"x/#\" on the edge");
 
         // In writes "hub/#" on the hub; out (later in the file) reads "hub/a/#" there.
@@ -2010,11 +1872,7 @@ local = "hub/a/#"
 remote = "down/#"
 "##,
         );
-        assert_error(
-            &hub_loop,
-            9,
-            "route at line 5 and route at line 9 form a bridge loop",
-        );
+        assert_error(&hub_loop, 9, "route at line 5 and route at line 9 form a bridge loop");
         assert_error(&hub_loop, 9, "writes \"hub/#\" on the hub");
 
         // A full mirror of everything is the classic loop.

@@ -55,7 +55,13 @@ pub struct ReloadReport {
 
 impl ReloadReport {
     pub fn summary(&self) -> String {
-        let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
         format!(
             "added: {}; removed: {}; changed: {}; unchanged: {}",
             list(&self.added),
@@ -76,7 +82,11 @@ pub fn plan_reload(old: &Config, new: &Config) -> Result<ReloadReport, String> {
         ))
     };
     if old.data_dir != new.data_dir {
-        return restart_needed("data_dir", old.data_dir.display().to_string(), new.data_dir.display().to_string());
+        return restart_needed(
+            "data_dir",
+            old.data_dir.display().to_string(),
+            new.data_dir.display().to_string(),
+        );
     }
     let addr = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     if old.metrics.listen != new.metrics.listen {
@@ -202,7 +212,10 @@ impl Control {
         } else {
             links.keys().cloned().collect::<Vec<_>>().join(", ")
         };
-        CommandError::UnknownLink { name: name.to_string(), known }
+        CommandError::UnknownLink {
+            name: name.to_string(),
+            known,
+        }
     }
 
     /// Hands `command` to the link's supervisor.
@@ -214,7 +227,10 @@ impl Control {
         if !handle.config.enabled {
             return Err(CommandError::Disabled(name.to_string()));
         }
-        handle.commands.try_send(command).map_err(|_| CommandError::NotRunning(name.to_string()))
+        handle
+            .commands
+            .try_send(command)
+            .map_err(|_| CommandError::NotRunning(name.to_string()))
     }
 
     /// Asks the run loop to reload the config file; waits for the outcome.

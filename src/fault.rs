@@ -10,8 +10,12 @@
 pub fn after_delivery(link: &str, delivered: u64) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static FIRED: AtomicBool = AtomicBool::new(false);
-    let Ok(spec) = std::env::var("FERRY_FAULT_PANIC") else { return };
-    let Some((target, after)) = spec.split_once(':') else { return };
+    let Ok(spec) = std::env::var("FERRY_FAULT_PANIC") else {
+        return;
+    };
+    let Some((target, after)) = spec.split_once(':') else {
+        return;
+    };
     let Ok(after) = after.parse::<u64>() else { return };
     if target == link && delivered >= after && !FIRED.swap(true, Ordering::SeqCst) {
         panic!("injected fault: drain of link {link} panics after {delivered} deliveries");

@@ -27,9 +27,7 @@ use arbitrary::{Arbitrary, Unstructured};
 
 use crate::config::Config;
 use crate::store::record::{self, decode, encode, CodecError, FORMAT};
-use crate::store::{
-    AppendOutcome, DropReason, Overflow, Properties, Queue, QueueLimits, Record, Store, Totals,
-};
+use crate::store::{AppendOutcome, DropReason, Overflow, Properties, Queue, QueueLimits, Record, Store, Totals};
 use crate::topic::{self, TopicMap};
 
 // ---------------------------------------------------------------------------
@@ -80,9 +78,7 @@ pub fn record_codec(data: &[u8]) {
 }
 
 fn check_decoded(bytes: &[u8], how: &str) {
-    let header_ok = bytes.len() >= 5
-        && bytes[0] == FORMAT
-        && crc32fast::hash(&bytes[5..]).to_le_bytes() == bytes[1..5];
+    let header_ok = bytes.len() >= 5 && bytes[0] == FORMAT && crc32fast::hash(&bytes[5..]).to_le_bytes() == bytes[1..5];
     match decode(bytes) {
         Ok(record) => {
             assert!(
@@ -104,10 +100,7 @@ fn check_decoded(bytes: &[u8], how: &str) {
         Err(CodecError::UnknownFormat(f)) => {
             assert!(f != FORMAT, "record_codec ({how}): UnknownFormat({f})")
         }
-        Err(CodecError::Checksum) => assert!(
-            !header_ok,
-            "record_codec ({how}): Checksum error on a valid checksum"
-        ),
+        Err(CodecError::Checksum) => assert!(!header_ok, "record_codec ({how}): Checksum error on a valid checksum"),
         Err(CodecError::Body(_) | CodecError::Trailing(_)) => {
             assert!(
                 header_ok,
@@ -248,9 +241,7 @@ impl LimitsSpec {
                 TtlSpec::None => None,
                 TtlSpec::Millis(ms) => Some(Duration::from_millis(u64::from(ms))),
                 TtlSpec::Secs(s) => Some(Duration::from_secs(s)),
-                TtlSpec::NearWrap(n) => Some(Duration::from_secs(
-                    WRAP_TTL_SECS - 1000 + u64::from(n % 2000),
-                )),
+                TtlSpec::NearWrap(n) => Some(Duration::from_secs(WRAP_TTL_SECS - 1000 + u64::from(n % 2000))),
             },
         }
     }
@@ -340,10 +331,7 @@ impl Model {
             self.next_seq += 1;
             self.totals.received += 1;
         }
-        out.accepted = added
-            .iter()
-            .filter(|s| self.entries.iter().any(|e| e.0 == **s))
-            .count();
+        out.accepted = added.iter().filter(|s| self.entries.iter().any(|e| e.0 == **s)).count();
         out
     }
 
@@ -430,12 +418,7 @@ fn check(q: &Queue, m: &Model, limits: &QueueLimits, step: usize, op: &Op) {
     }
     let (d, t) = q.stats();
     assert_eq!(t, m.totals, "{}: totals", ctx());
-    assert_eq!(
-        d.messages,
-        m.entries.len() as u64,
-        "{}: depth in messages",
-        ctx()
-    );
+    assert_eq!(d.messages, m.entries.len() as u64, "{}: depth in messages", ctx());
     assert_eq!(d.bytes, m.bytes(), "{}: depth in bytes", ctx());
     assert_eq!(
         t.received,
@@ -449,24 +432,14 @@ fn check(q: &Queue, m: &Model, limits: &QueueLimits, step: usize, op: &Op) {
         "{}: depth()/totals() disagree with stats()",
         ctx()
     );
-    assert_eq!(
-        q.first_seq(),
-        m.entries.front().map(|e| e.0),
-        "{}: first_seq",
-        ctx()
-    );
+    assert_eq!(q.first_seq(), m.entries.front().map(|e| e.0), "{}: first_seq", ctx());
     assert_eq!(
         q.oldest_received_at_ms(),
         m.entries.front().map(|e| e.1.received_at_ms),
         "{}: oldest_received_at_ms",
         ctx()
     );
-    assert_eq!(
-        q.has_space(),
-        !m.full_for(limits, 0),
-        "{}: has_space",
-        ctx()
-    );
+    assert_eq!(q.has_space(), !m.full_for(limits, 0), "{}: has_space", ctx());
 }
 
 /// One queue against a `VecDeque` model over the operations in `data`.
@@ -506,12 +479,7 @@ pub fn queue_model(data: &[u8]) {
                     .append(&batch)
                     .unwrap_or_else(|e| panic!("{}", ctx(&format!("append failed: {e}"))));
                 let want = model.append(&limits, &batch);
-                assert_eq!(
-                    out,
-                    want,
-                    "{}",
-                    ctx("the append outcome differs from the model's")
-                );
+                assert_eq!(out, want, "{}", ctx("the append outcome differs from the model's"));
                 mutated = true;
             }
             Op::Flush => {
@@ -532,15 +500,12 @@ pub fn queue_model(data: &[u8]) {
                     .take(max)
                     .map(|e| (e.0, &e.1))
                     .collect();
-                let got_pairs: Vec<(u64, &Record)> =
-                    got.iter().map(|e| (e.seq, &e.record)).collect();
+                let got_pairs: Vec<(u64, &Record)> = got.iter().map(|e| (e.seq, &e.record)).collect();
                 assert_eq!(
                     got_pairs,
                     want,
                     "{}",
-                    ctx(&format!(
-                        "the window read from {cursor} differs from the model's"
-                    ))
+                    ctx(&format!("the window read from {cursor} differs from the model's"))
                 );
                 if let Some(last) = got.last() {
                     cursor = last.seq + 1;
@@ -565,12 +530,7 @@ pub fn queue_model(data: &[u8]) {
                 }
                 .unwrap_or_else(|e| panic!("{}", ctx(&format!("removal failed: {e}"))));
                 let want = model.remove(&picked, reason);
-                assert_eq!(
-                    removed,
-                    want,
-                    "{}",
-                    ctx(&format!("removed count for {picked:?}"))
-                );
+                assert_eq!(removed, want, "{}", ctx(&format!("removed count for {picked:?}")));
                 mutated = true;
             }
             Op::AckOther(delta) => {
@@ -583,9 +543,7 @@ pub fn queue_model(data: &[u8]) {
                     removed,
                     want,
                     "{}",
-                    ctx(&format!(
-                        "removed count for seq {seq} acked twice in one call"
-                    ))
+                    ctx(&format!("removed count for seq {seq} acked twice in one call"))
                 );
                 mutated = true;
             }
@@ -600,10 +558,7 @@ pub fn queue_model(data: &[u8]) {
                     removed,
                     want,
                     "{}",
-                    ctx(&format!(
-                        "expired count at {clock} ms with ttl {:?}",
-                        limits.ttl
-                    ))
+                    ctx(&format!("expired count at {clock} ms with ttl {:?}", limits.ttl))
                 );
                 mutated = true;
             }
@@ -616,12 +571,7 @@ pub fn queue_model(data: &[u8]) {
                 q = store
                     .queue(QUEUE, limits)
                     .unwrap_or_else(|e| panic!("{}", ctx(&format!("queue failed: {e}"))));
-                assert_eq!(
-                    q.limits(),
-                    limits,
-                    "{}",
-                    ctx("the new limits were not taken")
-                );
+                assert_eq!(q.limits(), limits, "{}", ctx("the new limits were not taken"));
             }
             Op::Reopen(flush) => {
                 if reopens == MAX_REOPENS {
@@ -697,11 +647,7 @@ pub fn config_parse(data: &[u8]) {
     let config = match Config::parse(&text, path) {
         Err(e) => {
             let shown = e.to_string();
-            assert_eq!(
-                e.path(),
-                path,
-                "config_parse: the error names another file: {shown}"
-            );
+            assert_eq!(e.path(), path, "config_parse: the error names another file: {shown}");
             assert!(
                 shown.starts_with(&format!("{CONFIG_PATH}:")),
                 "config_parse: the error does not start with the file's path: {shown}"
@@ -783,9 +729,7 @@ pub fn config_parse(data: &[u8]) {
         for route in &link.routes {
             assert!(route.qos <= 2, "config_parse: qos {} accepted", route.qos);
             assert!(route.line >= 1, "config_parse: route line 0");
-            check_route_mapping(route.source_filter(), route.dest_filter(), |t| {
-                route.map_to_dest(t)
-            });
+            check_route_mapping(route.source_filter(), route.dest_filter(), |t| route.map_to_dest(t));
         }
     }
 }
@@ -804,9 +748,8 @@ fn topic_for(filter: &str, fill: &str) -> String {
 }
 
 fn check_route_mapping(source: &str, dest: &str, map: impl Fn(&str) -> Option<String>) {
-    let back = TopicMap::new(dest, source).unwrap_or_else(|e| {
-        panic!("config_parse: route {source:?} -> {dest:?} accepted but cannot map back: {e}")
-    });
+    let back = TopicMap::new(dest, source)
+        .unwrap_or_else(|e| panic!("config_parse: route {source:?} -> {dest:?} accepted but cannot map back: {e}"));
     for fill in ["x", "", "$y"] {
         let topic = topic_for(source, fill);
         if topic::validate_topic(&topic).is_err() || !topic::matches(source, &topic) {

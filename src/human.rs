@@ -59,7 +59,13 @@ pub fn rfc3339(ms: u64) -> String {
 pub fn render_table<Row: AsRef<[String]>>(rows: &[Row]) -> String {
     let columns = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|i| rows.iter().filter_map(|r| r.as_ref().get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.as_ref().get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -109,7 +115,10 @@ mod tests {
 
     #[test]
     fn tables_align_every_column_but_the_last() {
-        let rows = [["A", "BB", "C"].map(String::from), ["xxx", "y", "a long last cell"].map(String::from)];
+        let rows = [
+            ["A", "BB", "C"].map(String::from),
+            ["xxx", "y", "a long last cell"].map(String::from),
+        ];
         assert_eq!(render_table(&rows), "A    BB  C\nxxx  y   a long last cell\n");
     }
 }

@@ -10,8 +10,9 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod fault;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod human;
-#[cfg(feature = "fuzzing")] pub mod fuzzing;
 pub mod link;
 pub mod metrics;
 pub mod queue_tools;

@@ -245,9 +245,17 @@ fn main() -> ExitCode {
         }
         Command::Reload { target } => admin_call(&target, "POST", "/v1/reload", |reply| {
             let list = |key: &str| {
-                let names: Vec<&str> =
-                    reply.body[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                let names: Vec<&str> = reply.body[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             };
             println!(
                 "reloaded. added: {}; removed: {}; changed: {}; unchanged: {}",
@@ -276,7 +284,10 @@ fn main() -> ExitCode {
             };
             match ferry::store::quarantine(&cfg.data_dir) {
                 Ok(aside) => {
-                    println!("moved the store aside to {}; ferry will start with empty queues", aside.display());
+                    println!(
+                        "moved the store aside to {}; ferry will start with empty queues",
+                        aside.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -334,7 +345,9 @@ fn queue(command: QueueCommand) -> ExitCode {
         QueueCommand::Stats { json, .. } => queue_tools::stats(&cfg, json, &mut out),
         QueueCommand::Peek { link, direction, n, .. } => queue_tools::peek(&cfg, &link, direction.into(), n, &mut out),
         QueueCommand::Export { link, direction, .. } => queue_tools::export(&cfg, &link, direction.into(), &mut out),
-        QueueCommand::Purge { link, direction, yes, .. } => {
+        QueueCommand::Purge {
+            link, direction, yes, ..
+        } => {
             let directions = match direction {
                 Some(d) => vec![d.into()],
                 None => vec![Direction::Out, Direction::In],
@@ -361,14 +374,21 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=off"));
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 /// One admin API request; `show` prints a successful reply.
 fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(&admin_client::Reply)) -> ExitCode {
     let addr = match (&target.admin, &target.config) {
         (Some(addr), _) => *addr,
-        (None, Some(config)) => match Config::load(config).map_err(|e| e.to_string()).and_then(|c| admin_client::admin_address(&c)) {
+        (None, Some(config)) => match Config::load(config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| admin_client::admin_address(&c))
+        {
             Ok(addr) => addr,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -38,8 +38,7 @@ pub const COMMIT_BATCH: &str = "ferry_store_commit_batch_messages";
 /// Fails (instead of running blind) when the address cannot be bound.
 pub fn install(listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let latency_buckets = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        60.0, 300.0, 3600.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
     ];
     let batch_buckets = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
     let builder = PrometheusBuilder::new()
@@ -71,29 +70,75 @@ pub fn install(listen: Option<SocketAddr>) -> anyhow::Result<()> {
 }
 
 fn describe() {
-    describe_counter!(RECEIVED, "Messages accepted into a queue (link, direction), persisted across restarts.");
-    describe_counter!(FORWARDED, "Messages acknowledged by the destination broker and removed from the queue.");
-    describe_counter!(DROPPED, "Messages removed without delivery, by reason: overflow, expired, too_large, rejected, corrupt, purged.");
-    describe_counter!(REDELIVERED, "Publishes sent again after a reconnect (duplicates the destination may see).");
-    describe_counter!(UNROUTED, "Messages received that matched no route (acknowledged and ignored).");
+    describe_counter!(
+        RECEIVED,
+        "Messages accepted into a queue (link, direction), persisted across restarts."
+    );
+    describe_counter!(
+        FORWARDED,
+        "Messages acknowledged by the destination broker and removed from the queue."
+    );
+    describe_counter!(
+        DROPPED,
+        "Messages removed without delivery, by reason: overflow, expired, too_large, rejected, corrupt, purged."
+    );
+    describe_counter!(
+        REDELIVERED,
+        "Publishes sent again after a reconnect (duplicates the destination may see)."
+    );
+    describe_counter!(
+        UNROUTED,
+        "Messages received that matched no route (acknowledged and ignored)."
+    );
     describe_gauge!(QUEUE_MESSAGES, "Messages waiting in the queue.");
-    describe_gauge!(QUEUE_BYTES, Unit::Bytes, "Bytes (encoded records) waiting in the queue.");
-    describe_gauge!(QUEUE_OLDEST_AGE, Unit::Seconds, "Age of the oldest queued message; 0 when empty.");
+    describe_gauge!(
+        QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes (encoded records) waiting in the queue."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest queued message; 0 when empty."
+    );
     describe_gauge!(LINK_UP, "1 when every connection of the link is up.");
-    describe_gauge!(LINK_PAUSED, "1 while the operator has the link paused or draining (ferry link pause|drain).");
+    describe_gauge!(
+        LINK_PAUSED,
+        "1 while the operator has the link paused or draining (ferry link pause|drain)."
+    );
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
-    describe_counter!(TASK_RESTARTS, "Times the supervisor restarted a link's tasks after one died.");
-    describe_gauge!(INGEST_BLOCKED, "1 while ingest holds messages unacknowledged: queue full (block) or store write failing.");
-    describe_counter!(STORE_ERRORS, "Store writes that failed (e.g. disk full); ingest retries them.");
-    describe_histogram!(FORWARD_LATENCY, Unit::Seconds, "Time from receipt to the destination's acknowledgement.");
-    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time to append and flush one ingest batch.");
+    describe_counter!(
+        TASK_RESTARTS,
+        "Times the supervisor restarted a link's tasks after one died."
+    );
+    describe_gauge!(
+        INGEST_BLOCKED,
+        "1 while ingest holds messages unacknowledged: queue full (block) or store write failing."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Store writes that failed (e.g. disk full); ingest retries them."
+    );
+    describe_histogram!(
+        FORWARD_LATENCY,
+        Unit::Seconds,
+        "Time from receipt to the destination's acknowledgement."
+    );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to append and flush one ingest batch."
+    );
     describe_histogram!(COMMIT_BATCH, "Messages per group commit.");
 }
 
 /// Exports a queue's persisted counters and depth, labelled by link and direction.
 pub fn report_queue(link: &str, direction: Direction, queue: &Queue, now_ms: u64) {
-    let labels = [("link", link.to_string()), ("direction", direction.as_str().to_string())];
+    let labels = [
+        ("link", link.to_string()),
+        ("direction", direction.as_str().to_string()),
+    ];
     let (depth, totals) = queue.stats();
     counter!(RECEIVED, &labels).absolute(totals.received);
     counter!(FORWARDED, &labels).absolute(totals.forwarded);
@@ -118,7 +163,10 @@ pub fn forget_link(link: &str) {
     gauge!(LINK_UP, "link" => link.to_string()).set(0.0);
     gauge!(LINK_PAUSED, "link" => link.to_string()).set(0.0);
     for direction in [Direction::Out, Direction::In] {
-        let labels = [("link", link.to_string()), ("direction", direction.as_str().to_string())];
+        let labels = [
+            ("link", link.to_string()),
+            ("direction", direction.as_str().to_string()),
+        ];
         gauge!(QUEUE_MESSAGES, &labels).set(0.0);
         gauge!(QUEUE_BYTES, &labels).set(0.0);
         gauge!(QUEUE_OLDEST_AGE, &labels).set(0.0);

@@ -47,7 +47,10 @@ fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
 fn require_store(cfg: &Config) -> anyhow::Result<Store> {
     match open_store(cfg)? {
         Some(store) => Ok(store),
-        None => bail!("{}: there is no store here yet (ferry has not run with this data_dir), so there are no queues", cfg.data_dir.display()),
+        None => bail!(
+            "{}: there is no store here yet (ferry has not run with this data_dir), so there are no queues",
+            cfg.data_dir.display()
+        ),
     }
 }
 
@@ -66,13 +69,19 @@ fn link_queues(store: &Store, link: &str, directions: &[Direction]) -> anyhow::R
             [d] => format!("no `{d}` queue for link `{link}`"),
             _ => format!("no queue for link `{link}`"),
         };
-        let existing = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        let existing = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        };
         bail!("{which} in {}; the queues there: {existing}", store.path().display());
     }
     wanted
         .into_iter()
         .map(|name| {
-            let queue = store.queue(&name, QueueLimits::UNBOUNDED).with_context(|| format!("cannot open queue {name}"))?;
+            let queue = store
+                .queue(&name, QueueLimits::UNBOUNDED)
+                .with_context(|| format!("cannot open queue {name}"))?;
             Ok((name, queue))
         })
         .collect()
@@ -123,8 +132,11 @@ impl QueueStats {
 
     fn to_json(&self, now: u64) -> serde_json::Value {
         let (link, direction) = self.name.rsplit_once('/').unwrap_or((&self.name, ""));
-        let dropped: serde_json::Map<String, serde_json::Value> =
-            self.dropped.iter().map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
+        let dropped: serde_json::Map<String, serde_json::Value> = self
+            .dropped
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), json!(n)))
+            .collect();
         json!({
             "queue": self.name,
             "link": link,
@@ -149,9 +161,17 @@ impl QueueStats {
 pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let Some(store) = open_store(cfg)? else {
         if as_json {
-            writeln!(out, "{}", json!({ "data_dir": cfg.data_dir, "store": false, "queues": [] }))?;
+            writeln!(
+                out,
+                "{}",
+                json!({ "data_dir": cfg.data_dir, "store": false, "queues": [] })
+            )?;
         } else {
-            writeln!(out, "{}: no store yet (ferry has not run with this data_dir): no queues", cfg.data_dir.display())?;
+            writeln!(
+                out,
+                "{}: no store yet (ferry has not run with this data_dir): no queues",
+                cfg.data_dir.display()
+            )?;
         }
         return Ok(());
     };
@@ -159,25 +179,54 @@ pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result
     names.sort();
     let mut all = Vec::with_capacity(names.len());
     for name in &names {
-        let queue = store.queue(name, QueueLimits::UNBOUNDED).with_context(|| format!("cannot open queue {name}"))?;
+        let queue = store
+            .queue(name, QueueLimits::UNBOUNDED)
+            .with_context(|| format!("cannot open queue {name}"))?;
         all.push(QueueStats::of(name, &queue, cfg));
     }
     let now = now_ms();
     if as_json {
         let queues: Vec<_> = all.iter().map(|q| q.to_json(now)).collect();
-        writeln!(out, "{}", json!({ "data_dir": cfg.data_dir, "store": true, "queues": queues }))?;
+        writeln!(
+            out,
+            "{}",
+            json!({ "data_dir": cfg.data_dir, "store": true, "queues": queues })
+        )?;
         return Ok(());
     }
     if all.is_empty() {
         writeln!(out, "{}: the store holds no queues", cfg.data_dir.display())?;
         return Ok(());
     }
-    let mut rows = vec![["QUEUE", "MESSAGES", "BYTES", "OLDEST", "NEWEST", "RECEIVED", "FORWARDED", "DROPPED"].map(String::from).to_vec()];
+    let mut rows = vec![[
+        "QUEUE",
+        "MESSAGES",
+        "BYTES",
+        "OLDEST",
+        "NEWEST",
+        "RECEIVED",
+        "FORWARDED",
+        "DROPPED",
+    ]
+    .map(String::from)
+    .to_vec()];
     for q in &all {
-        let name = if q.in_config { q.name.clone() } else { format!("{} (not in config)", q.name) };
-        let reasons: Vec<String> =
-            q.dropped.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{} {n}", r.as_str())).collect();
-        let dropped = if reasons.is_empty() { "0".to_string() } else { format!("{} ({})", q.dropped_total(), reasons.join(", ")) };
+        let name = if q.in_config {
+            q.name.clone()
+        } else {
+            format!("{} (not in config)", q.name)
+        };
+        let reasons: Vec<String> = q
+            .dropped
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{} {n}", r.as_str()))
+            .collect();
+        let dropped = if reasons.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{} ({})", q.dropped_total(), reasons.join(", "))
+        };
         rows.push(vec![
             name,
             q.messages.to_string(),
@@ -190,7 +239,13 @@ pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result
         ]);
     }
     write!(out, "{}", render_table(&rows))?;
-    writeln!(out, "data_dir {} ({} queues); ages are as of {}", cfg.data_dir.display(), all.len(), rfc3339(now))?;
+    writeln!(
+        out,
+        "data_dir {} ({} queues); ages are as of {}",
+        cfg.data_dir.display(),
+        all.len(),
+        rfc3339(now)
+    )?;
     Ok(())
 }
 
@@ -198,12 +253,19 @@ pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result
 pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut dyn Write) -> anyhow::Result<()> {
     let (_store, name, queue) = one_queue(cfg, link, direction)?;
     let depth = queue.depth();
-    writeln!(out, "{name}: {} messages ({}), oldest first", depth.messages, format_bytes(depth.bytes))?;
+    writeln!(
+        out,
+        "{name}: {} messages ({}), oldest first",
+        depth.messages,
+        format_bytes(depth.bytes)
+    )?;
     if depth.messages == 0 {
         return Ok(());
     }
     let now = now_ms();
-    let mut rows = vec![["SEQ", "AGE", "QOS", "RETAIN", "SIZE", "TOPIC", "PAYLOAD"].map(String::from).to_vec()];
+    let mut rows = vec![["SEQ", "AGE", "QOS", "RETAIN", "SIZE", "TOPIC", "PAYLOAD"]
+        .map(String::from)
+        .to_vec()];
     for item in queue.scan(0).take(n) {
         let Scanned { seq, size, record } = item.with_context(|| format!("cannot read queue {name}"))?;
         rows.push(match record {
@@ -216,7 +278,15 @@ pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut 
                 r.topic.clone(),
                 preview(&r.payload),
             ],
-            Err(e) => vec![seq.to_string(), "?".into(), "?".into(), "?".into(), size.to_string(), "?".into(), format!("(damaged record: {e})")],
+            Err(e) => vec![
+                seq.to_string(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                size.to_string(),
+                "?".into(),
+                format!("(damaged record: {e})"),
+            ],
         });
     }
     write!(out, "{}", render_table(&rows))?;
@@ -287,7 +357,10 @@ fn properties_json(p: &Properties) -> serde_json::Value {
         map.insert("response_topic".into(), json!(v));
     }
     if let Some(v) = &p.correlation_data {
-        map.insert("correlation_data_base64".into(), json!(base64::engine::general_purpose::STANDARD.encode(v)));
+        map.insert(
+            "correlation_data_base64".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(v)),
+        );
     }
     if !p.user_properties.is_empty() {
         map.insert("user_properties".into(), json!(p.user_properties));
@@ -307,15 +380,28 @@ pub fn purge(cfg: &Config, link: &str, directions: &[Direction], yes: bool, out:
     if !yes {
         for (name, queue) in &queues {
             let depth = queue.depth();
-            writeln!(out, "would purge {} messages ({}) from {name}", depth.messages, format_bytes(depth.bytes))?;
+            writeln!(
+                out,
+                "would purge {} messages ({}) from {name}",
+                depth.messages,
+                format_bytes(depth.bytes)
+            )?;
         }
-        writeln!(out, "nothing was deleted; re-run with --yes to delete them (counted as dropped, reason=purged)")?;
+        writeln!(
+            out,
+            "nothing was deleted; re-run with --yes to delete them (counted as dropped, reason=purged)"
+        )?;
         return Ok(());
     }
     for (name, queue) in &queues {
         let purged = queue.purge().with_context(|| format!("cannot purge {name}"))?;
-        store.checkpoint().with_context(|| format!("cannot make the purge of {name} durable"))?;
-        writeln!(out, "purged {purged} messages from {name} (counted as dropped, reason=purged)")?;
+        store
+            .checkpoint()
+            .with_context(|| format!("cannot make the purge of {name} durable"))?;
+        writeln!(
+            out,
+            "purged {purged} messages from {name} (counted as dropped, reason=purged)"
+        )?;
     }
     Ok(())
 }
@@ -323,7 +409,11 @@ pub fn purge(cfg: &Config, link: &str, directions: &[Direction], yes: bool, out:
 /// "3m 12s ago (2026-11-25T06:28:00.000Z)", or "-" for an empty queue.
 fn when(at_ms: Option<u64>, now: u64) -> String {
     match at_ms {
-        Some(at) => format!("{} ago ({})", format_age((now.saturating_sub(at) as f64 / 1000.0).max(0.5)), rfc3339(at)),
+        Some(at) => format!(
+            "{} ago ({})",
+            format_age((now.saturating_sub(at) as f64 / 1000.0).max(0.5)),
+            rfc3339(at)
+        ),
         None => "-".to_string(),
     }
 }
@@ -393,12 +483,34 @@ mod tests {
         let cfg = config(dir.path());
         fill(dir.path());
         let table = text(|out| stats(&cfg, false, out)).unwrap();
-        let rows: Vec<Vec<&str>> = table.lines().skip(1).take(3).map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(rows.iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(), [("a/in", "1"), ("a/out", "3"), ("gone/out", "(not")], "{table}");
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .take(3)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(),
+            [("a/in", "1"), ("a/out", "3"), ("gone/out", "(not")],
+            "{table}"
+        );
         let doc: serde_json::Value = serde_json::from_str(&text(|out| stats(&cfg, true, out)).unwrap()).unwrap();
         let gone = &doc["queues"][2];
-        assert_eq!((gone["queue"].as_str(), gone["in_config"].as_bool(), gone["messages"].as_u64()), (Some("gone/out"), Some(false), Some(2)));
-        assert_eq!((gone["oldest_received_at_ms"].as_u64(), gone["newest_received_at_ms"].as_u64()), (Some(0), Some(1_000)));
+        assert_eq!(
+            (
+                gone["queue"].as_str(),
+                gone["in_config"].as_bool(),
+                gone["messages"].as_u64()
+            ),
+            (Some("gone/out"), Some(false), Some(2))
+        );
+        assert_eq!(
+            (
+                gone["oldest_received_at_ms"].as_u64(),
+                gone["newest_received_at_ms"].as_u64()
+            ),
+            (Some(0), Some(1_000))
+        );
     }
 
     #[test]
@@ -407,7 +519,10 @@ mod tests {
         let cfg = config(dir.path());
         fill(dir.path());
         let preview = text(|out| purge(&cfg, "a", &[Direction::In], false, out)).unwrap();
-        assert!(preview.contains("would purge 1 messages") && !preview.contains("a/out"), "{preview}");
+        assert!(
+            preview.contains("would purge 1 messages") && !preview.contains("a/out"),
+            "{preview}"
+        );
         text(|out| purge(&cfg, "a", &[Direction::In], true, out)).unwrap();
         text(|out| purge(&cfg, "gone", &[Direction::Out, Direction::In], true, out)).unwrap();
         let store = Store::open_existing(dir.path()).unwrap();
@@ -422,9 +537,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
         fill(dir.path());
-        let err = text(|out| peek(&cfg, "nosuch", Direction::Out, 10, out)).unwrap_err().to_string();
-        assert!(err.contains("no `out` queue for link `nosuch`") && err.contains("a/in, a/out, gone/out"), "{err}");
-        let err = text(|out| export(&cfg, "gone", Direction::In, out)).unwrap_err().to_string();
+        let err = text(|out| peek(&cfg, "nosuch", Direction::Out, 10, out))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no `out` queue for link `nosuch`") && err.contains("a/in, a/out, gone/out"),
+            "{err}"
+        );
+        let err = text(|out| export(&cfg, "gone", Direction::In, out))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no `in` queue for link `gone`"), "{err}");
     }
 
@@ -450,7 +572,12 @@ mod tests {
         let topics: Vec<String> = String::from_utf8(out)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["topic"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["topic"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(topics, ["t/0", "t/2"]);
         let shown = text(|out| peek(&cfg, "a", Direction::Out, 10, out)).unwrap();
@@ -483,6 +610,9 @@ mod tests {
         r.properties.content_type = Some("text/plain".into());
         r.properties.user_properties = vec![("k".into(), "v".into())];
         let line = export_line(7, &r);
-        assert_eq!(line["properties"], json!({ "content_type": "text/plain", "user_properties": [["k", "v"]] }));
+        assert_eq!(
+            line["properties"],
+            json!({ "content_type": "text/plain", "user_properties": [["k", "v"]] })
+        );
     }
 }

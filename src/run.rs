@@ -53,7 +53,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if !failed {
             break;
         }
-        control.set_ready(Some("the store failed (a full disk?): links are stopped until it can be opened again".into()));
+        control.set_ready(Some(
+            "the store failed (a full disk?): links are stopped until it can be opened again".into(),
+        ));
         tracing::error!(data_dir = %config.data_dir.display(), "the store failed (see the errors above; a full disk?): all links stopped; the store will be opened again when the filesystem has room");
         drop(store);
         store = loop {
@@ -82,7 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let flushed = tokio::task::spawn_blocking(move || store.checkpoint()).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("store flushed; bye"),
-        Ok(Err(e)) => tracing::error!(error = %e, "final flush failed; messages after the last commit may be sent again"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "final flush failed; messages after the last commit may be sent again")
+        }
         Err(e) => tracing::error!(error = %e, "final flush task failed"),
     }
     Ok(())
@@ -202,7 +206,11 @@ fn start_link(
     let status = control.status_for(link);
     let (commands_tx, commands) = mpsc::channel(16);
     let stop = generation.child_token();
-    control.insert(LinkHandle { config: link.clone(), status: status.clone(), commands: commands_tx });
+    control.insert(LinkHandle {
+        config: link.clone(),
+        status: status.clone(),
+        commands: commands_tx,
+    });
     let task = tokio::spawn(supervise(Supervised {
         link: link.clone(),
         hub: hub.clone(),

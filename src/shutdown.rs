@@ -30,7 +30,11 @@ pub fn reload_on_sighup(requests: tokio::sync::mpsc::Sender<crate::control::Relo
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(signal = "SIGHUP", "reloading the config");
-            if requests.send(crate::control::ReloadRequest { reply: None }).await.is_err() {
+            if requests
+                .send(crate::control::ReloadRequest { reply: None })
+                .await
+                .is_err()
+            {
                 return;
             }
         }

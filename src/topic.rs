@@ -21,9 +21,7 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
             return Err(format!("`#` must be the last level, alone: {filter:?}"));
         }
         if level.contains('+') && *level != "+" {
-            return Err(format!(
-                "`+` must fill a whole level (like \"a/+/b\"): {filter:?}"
-            ));
+            return Err(format!("`+` must fill a whole level (like \"a/+/b\"): {filter:?}"));
         }
     }
     Ok(())
@@ -52,9 +50,7 @@ fn check_common(text: &str, what: &str) -> Result<(), String> {
         ));
     }
     if text.contains('\0') {
-        return Err(format!(
-            "a {what} cannot contain the NUL character: {text:?}"
-        ));
+        return Err(format!("a {what} cannot contain the NUL character: {text:?}"));
     }
     Ok(())
 }
@@ -68,9 +64,7 @@ fn is_wildcard(level: &str) -> bool {
 /// keeps `$SYS/...` and the like away from filters such as `#` and `+/x`.
 fn dollar_rule_excludes(filter: &str, first_level_of_other: &str) -> bool {
     let first_filter_level = filter.split('/').next().unwrap_or("");
-    is_wildcard(first_filter_level)
-        && !is_wildcard(first_level_of_other)
-        && first_level_of_other.starts_with('$')
+    is_wildcard(first_filter_level) && !is_wildcard(first_level_of_other) && first_level_of_other.starts_with('$')
 }
 
 /// MQTT filter matching: `+` matches exactly one level (also an empty one),
@@ -435,13 +429,15 @@ mod tests {
                 2 => tail.push("+".to_owned()),
                 _ => {
                     tail.push("+".to_owned());
-                    tail.extend(self.levels(2).into_iter().map(|level| {
-                        if level.is_empty() {
-                            "+".to_owned()
-                        } else {
-                            level
-                        }
-                    }));
+                    tail.extend(self.levels(2).into_iter().map(
+                        |level| {
+                            if level.is_empty() {
+                                "+".to_owned()
+                            } else {
+                                level
+                            }
+                        },
+                    ));
                     if self.next(2) == 0 {
                         tail.push("#".to_owned());
                     }
@@ -473,12 +469,7 @@ mod tests {
     }
 
     fn join_filter(prefix: &[String], tail: &[String]) -> String {
-        prefix
-            .iter()
-            .chain(tail.iter())
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("/")
+        prefix.iter().chain(tail.iter()).cloned().collect::<Vec<_>>().join("/")
     }
 
     #[test]

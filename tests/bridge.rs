@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_edges_both_directions_deliver_everything_in_order() {
     const N: u64 = 2_000;
@@ -27,10 +26,24 @@ async fn eight_edges_both_directions_deliver_everything_in_order() {
         let hub = net.hub.addr();
         let edge = net.edges[i].addr();
         publishers.push(tokio::spawn(async move {
-            publish_n(hub, move |_| down_topic(i), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+            publish_n(
+                hub,
+                move |_| down_topic(i),
+                N,
+                QoS::AtLeastOnce,
+                |s| seq_payload(s, 128),
+            )
+            .await
         }));
         publishers.push(tokio::spawn(async move {
-            publish_n(edge, |_| "up/t".to_string(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+            publish_n(
+                edge,
+                |_| "up/t".to_string(),
+                N,
+                QoS::AtLeastOnce,
+                |s| seq_payload(s, 128),
+            )
+            .await
         }));
     }
     for p in publishers {
@@ -38,7 +51,11 @@ async fn eight_edges_both_directions_deliver_everything_in_order() {
     }
 
     for (i, c) in down.iter().enumerate() {
-        assert!(c.wait_distinct(N as usize, LONG).await, "edge {i} out: {}", c.describe());
+        assert!(
+            c.wait_distinct(N as usize, LONG).await,
+            "edge {i} out: {}",
+            c.describe()
+        );
         let report = check_in_order(&c.messages(), N).unwrap_or_else(|e| panic!("edge {i} out: {e}"));
         assert_eq!(report.distinct, N as usize);
     }
@@ -51,7 +68,12 @@ async fn eight_edges_both_directions_deliver_everything_in_order() {
     for i in 0..net.edges.len() {
         let link = format!("edge{i}");
         ferry
-            .wait_metric("ferry_messages_forwarded_total", &[("link", &link), ("direction", "out")], |v| v >= N as f64, LONG)
+            .wait_metric(
+                "ferry_messages_forwarded_total",
+                &[("link", &link), ("direction", "out")],
+                |v| v >= N as f64,
+                LONG,
+            )
             .await
             .unwrap();
         net.assert_invariant(&ferry, &link, "out").await;
@@ -77,21 +99,40 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
 
     let hub = net.hub.addr();
     let backlog = tokio::spawn(async move {
-        publish_n(hub, |_| down_topic(0), BACKLOG, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+        publish_n(
+            hub,
+            |_| down_topic(0),
+            BACKLOG,
+            QoS::AtLeastOnce,
+            |s| seq_payload(s, 128),
+        )
+        .await
     });
     // While the backlog piles up, the other seven edges get their traffic.
     let started = Instant::now();
     let mut publishers = Vec::new();
     for i in 1..8usize {
         publishers.push(tokio::spawn(async move {
-            publish_n(hub, move |_| down_topic(i), OTHERS, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+            publish_n(
+                hub,
+                move |_| down_topic(i),
+                OTHERS,
+                QoS::AtLeastOnce,
+                |s| seq_payload(s, 128),
+            )
+            .await
         }));
     }
     for p in publishers {
         p.await.expect("publisher");
     }
     for (i, c) in others.iter().enumerate() {
-        assert!(c.wait_distinct(OTHERS as usize, Duration::from_secs(30)).await, "edge {}: {}", i + 1, c.describe());
+        assert!(
+            c.wait_distinct(OTHERS as usize, Duration::from_secs(30)).await,
+            "edge {}: {}",
+            i + 1,
+            c.describe()
+        );
         check_in_order(&c.messages(), OTHERS).unwrap();
     }
     let others_took = started.elapsed();
@@ -102,11 +143,20 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
 
     net.edges[0].restart();
     let drain_started = Instant::now();
-    assert!(victim.wait_distinct(BACKLOG as usize, LONG).await, "victim: {}", victim.describe());
+    assert!(
+        victim.wait_distinct(BACKLOG as usize, LONG).await,
+        "victim: {}",
+        victim.describe()
+    );
     let report = check_in_order(&victim.messages(), BACKLOG).unwrap();
     eprintln!("edge0 drained {BACKLOG} in {:?}: {report}", drain_started.elapsed());
     ferry
-        .wait_metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")], |v| v == 0.0, LONG)
+        .wait_metric(
+            "ferry_queue_messages",
+            &[("link", "edge0"), ("direction", "out")],
+            |v| v == 0.0,
+            LONG,
+        )
         .await
         .unwrap();
     net.assert_invariant(&ferry, "edge0", "out").await;
@@ -123,7 +173,14 @@ async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
     net.queue_backlog(&ferry, 0, N, 128).await;
     ferry.kill9();
     // More traffic while ferry is dead: the hub keeps it in ferry's session.
-    publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(N + s, 128)).await;
+    publish_n(
+        net.hub.addr(),
+        |_| down_topic(0),
+        N,
+        QoS::AtLeastOnce,
+        |s| seq_payload(N + s, 128),
+    )
+    .await;
 
     ferry.restart();
     net.wait_queued(&ferry, 0, 2 * N).await;
@@ -145,14 +202,26 @@ async fn hub_restarted_under_traffic_loses_nothing_either_way() {
 
     let hub = net.hub.addr();
     let edge = net.edges[0].addr();
-    let out_pub = tokio::spawn(async move {
-        publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
-    });
+    let out_pub =
+        tokio::spawn(
+            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
+        );
     let in_pub = tokio::spawn(async move {
-        publish_n(edge, |_| "up/t".to_string(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+        publish_n(
+            edge,
+            |_| "up/t".to_string(),
+            N,
+            QoS::AtLeastOnce,
+            |s| seq_payload(s, 128),
+        )
+        .await
     });
     // Restart the hub (clean stop: it saves sessions) while both flows run.
-    assert!(wait_until(LONG, Duration::from_millis(20), || down.distinct_count() >= 500).await, "{}", down.describe());
+    assert!(
+        wait_until(LONG, Duration::from_millis(20), || down.distinct_count() >= 500).await,
+        "{}",
+        down.describe()
+    );
     net.hub.restart();
     out_pub.await.expect("out publisher");
     in_pub.await.expect("in publisher");
@@ -173,8 +242,14 @@ async fn payload_sizes_utf8_topics_retain_and_qos_pass_unchanged() {
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     let cases: Vec<(String, Vec<u8>)> = vec![
         ("edge/0/down/one".into(), vec![0x5a]),
-        ("edge/0/down/200k".into(), (0..200 * 1024).map(|i| (i % 251) as u8).collect()),
-        ("edge/0/down/1m".into(), (0..1024 * 1024).map(|i| (i % 253) as u8).collect()),
+        (
+            "edge/0/down/200k".into(),
+            (0..200 * 1024).map(|i| (i % 251) as u8).collect(),
+        ),
+        (
+            "edge/0/down/1m".into(),
+            (0..1024 * 1024).map(|i| (i % 253) as u8).collect(),
+        ),
         ("edge/0/down/Grüße/日本語/🚚".into(), "ペイロード ✓".as_bytes().to_vec()),
     ];
     for (topic, payload) in &cases {
@@ -185,13 +260,20 @@ async fn payload_sizes_utf8_topics_retain_and_qos_pass_unchanged() {
     let got = sink.messages();
     for (topic, payload) in &cases {
         let want = topic.replacen("edge/0/down/", "down/", 1);
-        let m = got.iter().find(|m| m.topic == want).unwrap_or_else(|| panic!("{want} not received: {}", sink.describe()));
+        let m = got
+            .iter()
+            .find(|m| m.topic == want)
+            .unwrap_or_else(|| panic!("{want} not received: {}", sink.describe()));
         assert_eq!(m.payload.len(), payload.len(), "{want}: size");
         assert!(m.payload[..] == payload[..], "{want}: payload changed");
     }
     // Retain-as-published: the edge keeps it, a new subscriber gets it.
     let late = Collector::start(net.edges[0].addr(), "t-late", "down/state", QoS::AtLeastOnce).await;
-    assert!(late.wait_count(1, LONG).await, "retained message not kept on the edge: {}", late.describe());
+    assert!(
+        late.wait_count(1, LONG).await,
+        "retained message not kept on the edge: {}",
+        late.describe()
+    );
     let m = &late.messages()[0];
     assert!(m.retain && &m.payload[..] == b"retained");
 }
@@ -236,13 +318,30 @@ qos = 2
     ferry.wait_link_up("e", LONG).await.unwrap();
     let r0 = Collector::start(edge.addr(), "t-r0", "r0/#", QoS::AtLeastOnce).await;
     let r2 = Collector::start(edge.addr(), "t-r2", "r2/#", QoS::ExactlyOnce).await;
-    publish_n(hub.addr(), |_| "q2/x".into(), N, QoS::ExactlyOnce, |s| seq_payload(s, 64)).await;
+    publish_n(
+        hub.addr(),
+        |_| "q2/x".into(),
+        N,
+        QoS::ExactlyOnce,
+        |s| seq_payload(s, 64),
+    )
+    .await;
     assert!(r2.wait_distinct(N as usize, LONG).await, "{}", r2.describe());
     check_in_order(&r2.messages(), N).unwrap();
-    assert!(r2.messages().iter().all(|m| m.qos == QoS::ExactlyOnce), "qos 2 route must publish with QoS 2");
+    assert!(
+        r2.messages().iter().all(|m| m.qos == QoS::ExactlyOnce),
+        "qos 2 route must publish with QoS 2"
+    );
     // QoS 0 end to end is best effort on the wire, but ferry queues it:
     // with nothing failing, all of it arrives.
-    publish_n(hub.addr(), |_| "q0/x".into(), N, QoS::AtLeastOnce, |s| seq_payload(s, 64)).await;
+    publish_n(
+        hub.addr(),
+        |_| "q0/x".into(),
+        N,
+        QoS::AtLeastOnce,
+        |s| seq_payload(s, 64),
+    )
+    .await;
     assert!(r0.wait_distinct(N as usize, LONG).await, "{}", r0.describe());
     assert!(r0.messages().iter().all(|m| m.qos == QoS::AtMostOnce));
 }
@@ -258,7 +357,12 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
     let cases: Vec<(&str, String, usize, &str)> = vec![
         ("unknown key", format!("{base}[hub]\nhots = \"x\"\n"), 5, "hots"),
         ("bad filter", format!("{base}{}", link("a", "edge/#/x", "x/#")), 9, "#"),
-        ("duplicate link", format!("{base}{}{}", link("a", "a/#", "b/#"), link("a", "c/#", "d/#")), 12, "a"),
+        (
+            "duplicate link",
+            format!("{base}{}{}", link("a", "a/#", "b/#"), link("a", "c/#", "d/#")),
+            12,
+            "a",
+        ),
         (
             "loop",
             format!(
@@ -275,12 +379,25 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
         for cmd in ["check", "run"] {
             let out = run_ferry(&[cmd, "--config", path.to_str().unwrap()]);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{what} ({cmd}): exit status; stderr: {stderr}");
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what} ({cmd}): exit status; stderr: {stderr}"
+            );
             let want = format!("{}:{line}:", path.display());
-            assert!(stderr.contains(&want), "{what} ({cmd}): expected {want} in: {stderr}\n--- config ---\n{text}");
-            assert!(stderr.contains(needle), "{what} ({cmd}): expected {needle:?} in: {stderr}");
+            assert!(
+                stderr.contains(&want),
+                "{what} ({cmd}): expected {want} in: {stderr}\n--- config ---\n{text}"
+            );
+            assert!(
+                stderr.contains(needle),
+                "{what} ({cmd}): expected {needle:?} in: {stderr}"
+            );
         }
-        assert!(!data.exists(), "{what}: ferry created its data_dir although the config is bad");
+        assert!(
+            !data.exists(),
+            "{what}: ferry created its data_dir although the config is bad"
+        );
     }
     // And a good one is accepted and explained.
     let good = dir.path().join("good.toml");
@@ -288,7 +405,10 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
     let out = run_ferry(&["check", "--config", good.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("edge1") && stdout.contains("edge/1/down/#") && stdout.contains("down/#"), "{stdout}");
+    assert!(
+        stdout.contains("edge1") && stdout.contains("edge/1/down/#") && stdout.contains("down/#"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

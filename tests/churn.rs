@@ -21,7 +21,11 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
-            total += if p.is_dir() { dir_bytes(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+            total += if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
         }
     }
     total
@@ -29,7 +33,10 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn queue_churn_five_times_reuses_disk_space_and_keeps_memory_bounded() {
-    let n: u64 = std::env::var("FERRY_CHURN_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: u64 = std::env::var("FERRY_CHURN_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("churn/out", QueueLimits::UNBOUNDED).unwrap();
@@ -82,7 +89,11 @@ fn queue_churn_five_times_reuses_disk_space_and_keeps_memory_bounded() {
     // plus one backlog's worth of records.
     let first = after_drain[0];
     for (i, d) in after_drain.iter().enumerate() {
-        assert!(*d <= 2 * first + queued_bytes, "round {}: {d} bytes after drain vs {first} after the first", i + 1);
+        assert!(
+            *d <= 2 * first + queued_bytes,
+            "round {}: {d} bytes after drain vs {first} after the first",
+            i + 1
+        );
     }
     // Memory stays bounded by the cache (64 MiB) and working set, not the backlog.
     assert!(peak_rss_kib() < 512 * 1024, "peak RSS {} MiB", peak_rss_kib() >> 10);

@@ -21,8 +21,10 @@ fn metric_names(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("ferry_") {
-        let word: String =
-            rest[start..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        let word: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
         // Only whole words: not the tail of a longer identifier.
         let whole = start == 0 || !rest[..start].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
         if whole {
@@ -41,7 +43,10 @@ fn defined_metrics() -> Vec<String> {
         .filter(|l| l.trim_start().starts_with("pub const "))
         .flat_map(metric_names)
         .collect();
-    assert!(defined.len() >= 10, "found too few metric names in src/metrics.rs: {defined:?}");
+    assert!(
+        defined.len() >= 10,
+        "found too few metric names in src/metrics.rs: {defined:?}"
+    );
     defined
 }
 
@@ -63,7 +68,10 @@ fn every_metric_the_deploy_files_name_exists() {
     for file in deploy_files() {
         for name in metric_names(&read(&file)) {
             // A histogram's series carry a suffix Prometheus adds.
-            let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
             used += 1;
             if !defined.iter().any(|d| d == base) {
                 unknown.push(format!("{}: {name}", file.display()));
@@ -71,7 +79,10 @@ fn every_metric_the_deploy_files_name_exists() {
         }
     }
     assert!(used > 20, "the deploy files name only {used} metrics");
-    assert!(unknown.is_empty(), "metrics not defined in src/metrics.rs: {unknown:#?}");
+    assert!(
+        unknown.is_empty(),
+        "metrics not defined in src/metrics.rs: {unknown:#?}"
+    );
 }
 
 #[test]
@@ -80,9 +91,14 @@ fn the_grafana_dashboard_is_valid_and_templated() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()));
     assert!(dashboard["schemaVersion"].as_u64() >= Some(36), "schemaVersion");
-    let variables = dashboard["templating"]["list"].as_array().unwrap_or_else(|| panic!("no templating"));
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no templating"));
     let variable = |name: &str| {
-        variables.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no variable {name}"))
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
     };
     assert_eq!(variable("DS_PROMETHEUS")["type"], "datasource");
     assert_eq!(variable("link")["definition"], "label_values(ferry_link_up, link)");
@@ -92,11 +108,18 @@ fn the_grafana_dashboard_is_valid_and_templated() {
         let title = panel["title"].as_str().unwrap_or("?");
         ids.push(panel["id"].as_u64().unwrap_or_else(|| panic!("{title}: no id")));
         assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
-        let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
         assert!(!targets.is_empty(), "{title}: no targets");
         for t in targets {
-            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: a target without expr"));
-            assert!(expr.contains("link=~\"$link\""), "{title}: {expr} ignores the link variable");
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: a target without expr"));
+            assert!(
+                expr.contains("link=~\"$link\""),
+                "{title}: {expr} ignores the link variable"
+            );
         }
     }
     ids.sort_unstable();
@@ -123,21 +146,44 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let Some(out) = run_if_installed("promtool", &["check", "config", config.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check config (which also checks the rules):\n{text}");
-    assert!(text.contains("ferry-alerts.yml"), "prometheus.yml does not load the alert rules:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check config (which also checks the rules):\n{text}"
+    );
+    assert!(
+        text.contains("ferry-alerts.yml"),
+        "prometheus.yml does not load the alert rules:\n{text}"
+    );
     let tests = dir.join("ferry-alerts.test.yml");
     let Some(out) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool test rules (the alerts' unit tests):\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool test rules (the alerts' unit tests):\n{text}"
+    );
 }
 
 #[test]
 fn systemd_accepts_the_unit() {
     let unit = read(&deploy_dir().join("ferry.service"));
-    for key in ["StateDirectory=ferry", "ProtectSystem=strict", "NoNewPrivileges=yes", "KillSignal=SIGTERM", "Restart=on-failure"] {
+    for key in [
+        "StateDirectory=ferry",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "KillSignal=SIGTERM",
+        "Restart=on-failure",
+    ] {
         assert!(unit.lines().any(|l| l == key), "ferry.service lacks {key}");
     }
     // systemd-analyze checks that ExecStart's binary exists: point it at the one just built.
@@ -148,6 +194,13 @@ fn systemd_accepts_the_unit() {
     let Some(out) = run_if_installed("systemd-analyze", &["verify", path.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("ferry.service:"), "systemd-analyze verify:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("ferry.service:"),
+        "systemd-analyze verify:\n{text}"
+    );
 }

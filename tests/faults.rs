@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains() {
     const N: u64 = 3_000;
@@ -27,24 +26,49 @@ async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains
     proxy.set_silent(true);
     let silent_at = Instant::now();
     let edge0_drain = [("link", "edge0"), ("side", "edge"), ("role", "drain")];
-    ferry.wait_metric("ferry_connection_up", &edge0_drain, |v| v == 0.0, Duration::from_secs(30)).await.unwrap();
+    ferry
+        .wait_metric(
+            "ferry_connection_up",
+            &edge0_drain,
+            |v| v == 0.0,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     let noticed = silent_at.elapsed();
     eprintln!("power loss noticed after {noticed:?} (keepalive 5 s)");
-    assert!(noticed <= Duration::from_millis(10_500), "dead peer noticed after {noticed:?}, more than 2 x keepalive");
+    assert!(
+        noticed <= Duration::from_millis(10_500),
+        "dead peer noticed after {noticed:?}, more than 2 x keepalive"
+    );
 
     // While edge0 is dark: its messages queue, edge1's flow on.
     let hub = net.hub.addr();
-    let backlog = tokio::spawn(async move {
-        publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
-    });
+    let backlog =
+        tokio::spawn(
+            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
+        );
     let other_started = Instant::now();
     publish_n(hub, |_| down_topic(1), OTHER, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
-    assert!(sink1.wait_distinct(OTHER as usize, Duration::from_secs(20)).await, "edge1 delayed: {}", sink1.describe());
-    eprintln!("edge1 got {OTHER} messages in {:?} while edge0 was dark", other_started.elapsed());
+    assert!(
+        sink1.wait_distinct(OTHER as usize, Duration::from_secs(20)).await,
+        "edge1 delayed: {}",
+        sink1.describe()
+    );
+    eprintln!(
+        "edge1 got {OTHER} messages in {:?} while edge0 was dark",
+        other_started.elapsed()
+    );
     backlog.await.expect("publisher");
     net.wait_queued(&ferry, 0, N).await;
     assert_eq!(sink0.distinct_count(), 0);
-    assert_eq!(ferry.scrape().get_or_zero("ferry_reconnects_total", &[("link", "edge1")]), 0.0, "edge1 must not blink");
+    assert_eq!(
+        ferry
+            .scrape()
+            .get_or_zero("ferry_reconnects_total", &[("link", "edge1")]),
+        0.0,
+        "edge1 must not blink"
+    );
 
     // Power returns: everything drains, in order.
     proxy.set_silent(false);
@@ -58,13 +82,22 @@ async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains
 async fn a_panicking_link_task_is_restarted_and_the_other_link_keeps_delivering() {
     const N: u64 = 5_000;
     let net = Topology::start(2, "");
-    let ferry = Ferry::start_with_env(&net.config(), &[("FERRY_FAULT_PANIC", "edge0:1000"), ("RUST_LOG", "info")]);
+    let ferry = Ferry::start_with_env(
+        &net.config(),
+        &[("FERRY_FAULT_PANIC", "edge0:1000"), ("RUST_LOG", "info")],
+    );
     net.wait_all_up(&ferry).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
     let hub = net.hub.addr();
-    let p0 = tokio::spawn(async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
-    let p1 = tokio::spawn(async move { publish_n(hub, |_| down_topic(1), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await });
+    let p0 =
+        tokio::spawn(
+            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
+        );
+    let p1 =
+        tokio::spawn(
+            async move { publish_n(hub, |_| down_topic(1), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
+        );
     p0.await.expect("publisher 0");
     p1.await.expect("publisher 1");
     assert!(sink0.wait_distinct(N as usize, LONG).await, "{}", sink0.describe());
@@ -72,12 +105,22 @@ async fn a_panicking_link_task_is_restarted_and_the_other_link_keeps_delivering(
     let r0 = check_in_order(&sink0.messages(), N).unwrap();
     check_in_order(&sink1.messages(), N).unwrap();
     eprintln!("edge0 across its restart: {r0}");
-    assert!(ferry.wait_log("injected fault", Duration::from_secs(5)).await, "the fault never fired");
-    assert!(ferry.log().contains("restarting the link"), "no supervisor restart logged");
+    assert!(
+        ferry.wait_log("injected fault", Duration::from_secs(5)).await,
+        "the fault never fired"
+    );
+    assert!(
+        ferry.log().contains("restarting the link"),
+        "no supervisor restart logged"
+    );
     let m = ferry.scrape();
     assert!(m.get_or_zero("ferry_task_restarts_total", &[("link", "edge0")]) >= 1.0);
     assert_eq!(m.get_or_zero("ferry_task_restarts_total", &[("link", "edge1")]), 0.0);
-    assert_eq!(m.get_or_zero("ferry_reconnects_total", &[("link", "edge1")]), 0.0, "edge1 must not blink");
+    assert_eq!(
+        m.get_or_zero("ferry_reconnects_total", &[("link", "edge1")]),
+        0.0,
+        "edge1 must not blink"
+    );
     assert!(ferry.is_running());
     net.assert_invariant(&ferry, "edge0", "out").await;
 }
@@ -92,14 +135,23 @@ async fn a_full_disk_holds_messages_at_the_source_and_ferry_resumes_by_itself() 
     let mut net = Topology::start(1, "");
     // The store lives on the small filesystem.
     let data_dir = fs.path().join("data");
-    let config = net.config().replace(&net.data.path().display().to_string(), &data_dir.display().to_string());
+    let config = net
+        .config()
+        .replace(&net.data.path().display().to_string(), &data_dir.display().to_string());
     let ferry = Ferry::start(&config);
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     net.edges[0].stop(); // everything for the edge now queues on disk
 
     let filler = fs.fill_leaving(2 << 20);
-    publish_n(net.hub.addr(), |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 2048)).await;
+    publish_n(
+        net.hub.addr(),
+        |_| down_topic(0),
+        N,
+        QoS::AtLeastOnce,
+        |s| seq_payload(s, 2048),
+    )
+    .await;
     assert!(
         ferry.wait_log("the disk is full", LONG).await,
         "no disk-full error logged; log:\n{}",
@@ -108,7 +160,11 @@ async fn a_full_disk_holds_messages_at_the_source_and_ferry_resumes_by_itself() 
     assert!(ferry.is_running(), "ferry exited on a full disk");
 
     std::fs::remove_file(&filler).unwrap();
-    assert!(ferry.wait_log("store opened again", LONG).await, "store not reopened:\n{}", ferry.log_tail(30));
+    assert!(
+        ferry.wait_log("store opened again", LONG).await,
+        "store not reopened:\n{}",
+        ferry.log_tail(30)
+    );
     net.edges[0].restart();
     assert!(sink.wait_distinct(N as usize, LONG).await, "{}", sink.describe());
     let report = check_in_order(&sink.messages(), N).unwrap();
@@ -132,8 +188,19 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     let mut publishers = Vec::new();
     for i in 0..2usize {
         let edge = net.edges[i].addr();
-        publishers.push(tokio::spawn(async move { publish_n(hub, move |_| down_topic(i), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await }));
-        publishers.push(tokio::spawn(async move { publish_n(edge, |_| "up/t".into(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await }));
+        publishers.push(tokio::spawn(async move {
+            publish_n(
+                hub,
+                move |_| down_topic(i),
+                N,
+                QoS::AtLeastOnce,
+                |s| seq_payload(s, 128),
+            )
+            .await
+        }));
+        publishers.push(tokio::spawn(async move {
+            publish_n(edge, |_| "up/t".into(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
+        }));
     }
     let seed = fastrand::u64(..);
     eprintln!("crash loop seed {seed}");
@@ -141,7 +208,10 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     for crash in 1..=CRASHES {
         // A random moment: once some more messages got through.
         let target = sinks[0].count() + rng.usize(50..400);
-        wait_until(Duration::from_secs(10), Duration::from_millis(5), || sinks[0].count() >= target).await;
+        wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+            sinks[0].count() >= target
+        })
+        .await;
         ferry.kill9();
         if crash % 5 == 0 {
             // Edges come and go too (a clean restart keeps the sinks' sessions).
@@ -161,7 +231,11 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     // re-sends more than the protocol forces it to.
     let bound = CRASHES as usize * (200 + 2 * 200 + MAX_INFLIGHT);
     for (i, sink) in sinks.iter().enumerate() {
-        assert!(sink.wait_distinct(N as usize, LONG).await, "edge{i}: {}", sink.describe());
+        assert!(
+            sink.wait_distinct(N as usize, LONG).await,
+            "edge{i}: {}",
+            sink.describe()
+        );
         let r = check_in_order(&sink.messages(), N).unwrap_or_else(|e| panic!("edge{i} out: {e}"));
         eprintln!("edge{i} out after {CRASHES} crashes: {r}");
         assert!(r.duplicates <= bound, "edge{i}: {} duplicates > {bound}", r.duplicates);
@@ -172,7 +246,11 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
         let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
         let r = check_in_order(&mine, N).unwrap_or_else(|e| panic!("edge{i} in: {e}"));
         eprintln!("edge{i} in after {CRASHES} crashes: {r}");
-        assert!(r.duplicates <= bound, "edge{i} in: {} duplicates > {bound}", r.duplicates);
+        assert!(
+            r.duplicates <= bound,
+            "edge{i} in: {} duplicates > {bound}",
+            r.duplicates
+        );
     }
 }
 
@@ -189,17 +267,36 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
     let store_dir = net.data.path().join("store");
     let db = store_dir.join("db");
     let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
 
     let config = ferry.config_path();
     let out = run_ferry(&["run", "--config", config.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "ferry must refuse a damaged store; stderr: {stderr}");
-    assert!(stderr.contains(&store_dir.display().to_string()), "the error must name the store: {stderr}");
-    assert!(stderr.contains("damaged") && stderr.contains("ferry store quarantine"), "the error must say what to do: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ferry must refuse a damaged store; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&store_dir.display().to_string()),
+        "the error must name the store: {stderr}"
+    );
+    assert!(
+        stderr.contains("damaged") && stderr.contains("ferry store quarantine"),
+        "the error must say what to do: {stderr}"
+    );
 
     let out = run_ferry(&["store", "quarantine", "--config", config.to_str().unwrap()]);
-    assert!(out.status.success(), "quarantine failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "quarantine failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("store.damaged-"));
 
     // ferry starts again, and new traffic flows.
@@ -207,9 +304,22 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
     let sink = Collector::start(net.edges[0].addr(), "t-after", "down/#", QoS::AtLeastOnce).await;
     ferry.restart();
     net.wait_all_up(&ferry).await;
-    publish_n(net.hub.addr(), |_| "edge/0/down/after".into(), 100, QoS::AtLeastOnce, |s| seq_payload(s, 64)).await;
+    publish_n(
+        net.hub.addr(),
+        |_| "edge/0/down/after".into(),
+        100,
+        QoS::AtLeastOnce,
+        |s| seq_payload(s, 64),
+    )
+    .await;
     assert!(
-        wait_until(LONG, Duration::from_millis(50), || sink.messages().iter().filter(|m| m.topic == "down/after").count() >= 100).await,
+        wait_until(LONG, Duration::from_millis(50), || sink
+            .messages()
+            .iter()
+            .filter(|m| m.topic == "down/after")
+            .count()
+            >= 100)
+        .await,
         "{}",
         sink.describe()
     );
@@ -225,7 +335,10 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
     const EDGES: usize = 37;
     const BACKLOG: u64 = 500_000;
     const PER_EDGE: u64 = 1_500;
-    let chaos_secs: u64 = std::env::var("FERRY_CHAOS_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let chaos_secs: u64 = std::env::var("FERRY_CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let mut net = Topology::start(EDGES, "");
     let ferry = net.start_ferry();
     net.wait_all_up(&ferry).await;
@@ -246,11 +359,20 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         let mut sent = 0;
         while sent < BACKLOG {
             let base = sent;
-            publish_n(hub, |_| down_topic(0), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 64)).await;
+            publish_n(
+                hub,
+                |_| down_topic(0),
+                chunk,
+                QoS::AtLeastOnce,
+                move |s| seq_payload(base + s, 64),
+            )
+            .await;
             sent += chunk;
             let caught_up = wait_until_async(LONG, Duration::from_millis(100), || async move {
                 scrape_addr(metrics)
-                    .map(|m| m.get_or_zero("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]) >= sent as f64)
+                    .map(|m| {
+                        m.get_or_zero("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]) >= sent as f64
+                    })
                     .unwrap_or(false)
             })
             .await;
@@ -266,7 +388,14 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
             let mut sent = 0;
             while sent < PER_EDGE {
                 let base = sent;
-                publish_n(hub, move |_| down_topic(i), chunk, QoS::AtLeastOnce, move |s| seq_payload(base + s, 128)).await;
+                publish_n(
+                    hub,
+                    move |_| down_topic(i),
+                    chunk,
+                    QoS::AtLeastOnce,
+                    move |s| seq_payload(base + s, 128),
+                )
+                .await;
                 sent += chunk;
                 tokio::time::sleep(pause).await;
             }
@@ -282,7 +411,10 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         net.edges[victim].stop();
         let down_for = Duration::from_millis(rng.u64(200..3_000));
         let back_at = Instant::now() + down_for;
-        wait_until(down_for + Duration::from_secs(1), Duration::from_millis(50), || Instant::now() >= back_at).await;
+        wait_until(down_for + Duration::from_secs(1), Duration::from_millis(50), || {
+            Instant::now() >= back_at
+        })
+        .await;
         net.edges[victim].restart();
         restarts += 1;
     }
@@ -293,7 +425,11 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
     eprintln!("{restarts} edge restarts in {:?}", started.elapsed());
 
     for i in 1..EDGES {
-        assert!(sinks[i].wait_distinct(PER_EDGE as usize, LONG).await, "edge{i}: {}", sinks[i].describe());
+        assert!(
+            sinks[i].wait_distinct(PER_EDGE as usize, LONG).await,
+            "edge{i}: {}",
+            sinks[i].describe()
+        );
         // Each publish_n chunk numbers from its base: one ordered sequence.
         check_in_order(&sinks[i].messages(), PER_EDGE).unwrap_or_else(|e| panic!("edge{i}: {e}"));
     }
@@ -311,14 +447,24 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
             .map(|s| s.value)
             .unwrap_or(0.0);
         eprintln!("{link}: {fast} of {total} forwarded within 2.5 s");
-        assert!(total >= PER_EDGE as f64 && fast >= 0.99 * total, "{link}: only {fast} of {total} within 2.5 s");
+        assert!(
+            total >= PER_EDGE as f64 && fast >= 0.99 * total,
+            "{link}: only {fast} of {total} within 2.5 s"
+        );
     }
     net.wait_queued(&ferry, 0, BACKLOG).await;
     let drain_started = Instant::now();
     net.edges[0].restart();
-    assert!(sinks[0].wait_distinct(BACKLOG as usize, Duration::from_secs(600)).await, "edge0: {}", sinks[0].describe());
+    assert!(
+        sinks[0].wait_distinct(BACKLOG as usize, Duration::from_secs(600)).await,
+        "edge0: {}",
+        sinks[0].describe()
+    );
     let report = check_in_order(&sinks[0].messages(), BACKLOG).unwrap();
-    eprintln!("edge0's backlog of {BACKLOG} drained in {:?}: {report}", drain_started.elapsed());
+    eprintln!(
+        "edge0's backlog of {BACKLOG} drained in {:?}: {report}",
+        drain_started.elapsed()
+    );
     for i in 0..EDGES {
         net.assert_invariant(&ferry, &format!("edge{i}"), "out").await;
     }

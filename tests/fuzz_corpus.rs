@@ -43,11 +43,7 @@ fn replay(target: &str, check: fn(&[u8])) {
             failed.push(path.display().to_string());
         }
     }
-    eprintln!(
-        "{target}: replayed {} inputs in {:.1?}",
-        files.len(),
-        started.elapsed()
-    );
+    eprintln!("{target}: replayed {} inputs in {:.1?}", files.len(), started.elapsed());
     assert!(
         failed.is_empty(),
         "{target}: {} of {} inputs fail (the panic messages above say why); \
@@ -105,8 +101,5 @@ fn a_ttl_too_long_for_u64_milliseconds_does_not_expire_early() {
     let expired = q.expire(1_000).unwrap();
     drop((q, store));
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        expired, 0,
-        "a message 1 s old expired under a TTL of {ttl:?}"
-    );
+    assert_eq!(expired, 0, "a message 1 s old expired under a TTL of {ttl:?}");
 }

@@ -32,10 +32,7 @@ fn metrics_text_is_parsed_with_label_subsets() {
                 lat_bucket{le=\"+Inf\"} 7\n\
                 plain 42\n";
     let metrics = Metrics::parse(text).expect("valid exposition text");
-    assert_eq!(
-        metrics.get("ferry_link_up", &[("link", "edge1")]),
-        Some(1.0)
-    );
+    assert_eq!(metrics.get("ferry_link_up", &[("link", "edge1")]), Some(1.0));
     assert_eq!(
         metrics.get("ferry_messages_dropped_total", &[("link", "edge1")]),
         Some(7.0)
@@ -45,20 +42,11 @@ fn metrics_text_is_parsed_with_label_subsets() {
         Some(4.0)
     );
     assert_eq!(metrics.get("ferry_link_up", &[("link", "edge2")]), None);
-    assert_eq!(
-        metrics.get_or_zero("ferry_link_up", &[("link", "edge2")]),
-        0.0
-    );
-    assert_eq!(
-        metrics.get("odd", &[("v", "a \"quoted\", {brace}\\")]),
-        Some(2.5)
-    );
+    assert_eq!(metrics.get_or_zero("ferry_link_up", &[("link", "edge2")]), 0.0);
+    assert_eq!(metrics.get("odd", &[("v", "a \"quoted\", {brace}\\")]), Some(2.5));
     assert_eq!(metrics.get("lat_bucket", &[("le", "+Inf")]), Some(7.0));
     assert_eq!(metrics.values.get("plain"), Some(&42.0));
-    assert_eq!(
-        metrics.values.get("ferry_link_up{link=\"edge1\"}"),
-        Some(&1.0)
-    );
+    assert_eq!(metrics.values.get("ferry_link_up{link=\"edge1\"}"), Some(&1.0));
     assert!(Metrics::parse("broken{link=\"x} 1\n").is_err());
 }
 
@@ -76,16 +64,10 @@ fn message(topic: &str, seq: u64) -> Received {
 fn order_check_finds_loss_reordering_and_counts_duplicates() {
     let in_order: Vec<Received> = (0..5).map(|s| message("a", s)).collect();
     let report = check_in_order(&in_order, 5).expect("in order");
-    assert_eq!(
-        (report.distinct, report.duplicates, report.topics),
-        (5, 0, 1)
-    );
+    assert_eq!((report.distinct, report.duplicates, report.topics), (5, 0, 1));
 
     // A replay from seq 2 after a reconnect: duplicates, still in order.
-    let replayed: Vec<Received> = [0, 1, 2, 3, 2, 3, 4]
-        .iter()
-        .map(|&s| message("a", s))
-        .collect();
+    let replayed: Vec<Received> = [0, 1, 2, 3, 2, 3, 4].iter().map(|&s| message("a", s)).collect();
     let report = check_in_order(&replayed, 5).expect("duplicates are allowed");
     assert_eq!((report.distinct, report.duplicates), (5, 2));
 
@@ -97,19 +79,11 @@ fn order_check_finds_loss_reordering_and_counts_duplicates() {
     let error = check_in_order(&swapped, 5).expect_err("1 after 2");
     assert!(error.contains("seq 1 first seen after seq 2"), "{error}");
 
-    let out_of_range: Vec<Received> = [0, 1, 2, 3, 4, 9]
-        .iter()
-        .map(|&s| message("a", s))
-        .collect();
+    let out_of_range: Vec<Received> = [0, 1, 2, 3, 4, 9].iter().map(|&s| message("a", s)).collect();
     assert!(check_in_order(&out_of_range, 5).is_err());
 
     // Two topics interleaved: in order per topic, not across them.
-    let interleaved = vec![
-        message("a", 0),
-        message("b", 2),
-        message("a", 1),
-        message("b", 3),
-    ];
+    let interleaved = vec![message("a", 0), message("b", 2), message("a", 1), message("b", 3)];
     assert!(check_in_order(&interleaved, 4).is_ok());
     assert!(check_in_order_across_topics(&interleaved, 4).is_err());
 }
@@ -123,11 +97,7 @@ fn seq_payloads_round_trip_and_detect_corruption() {
     let mut corrupt = payload.clone();
     corrupt[100] ^= 1;
     assert!(!seq_payload_intact(&corrupt));
-    assert_eq!(
-        seq_payload(7, 0).len(),
-        8,
-        "a seq payload has at least the seq"
-    );
+    assert_eq!(seq_payload(7, 0).len(), 8, "a seq payload has at least the seq");
 }
 
 #[test]
@@ -161,11 +131,7 @@ fn broker_starts_stops_restarts_and_frees_its_port() {
 
     broker.restart();
     assert!(accepts_tcp(broker.addr()));
-    assert!(
-        broker.log_tail().contains("running"),
-        "{}",
-        broker.log_tail()
-    );
+    assert!(broker.log_tail().contains("running"), "{}", broker.log_tail());
 
     let extra = Broker::start_with("max_keepalive 120");
     assert!(accepts_tcp(extra.addr()));
@@ -181,8 +147,7 @@ fn broker_starts_stops_restarts_and_frees_its_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_messages_are_all_collected_in_order() {
     let broker = Broker::start();
-    let collector =
-        Collector::start(broker.addr(), "harness-order", "order/#", QoS::AtLeastOnce).await;
+    let collector = Collector::start(broker.addr(), "harness-order", "order/#", QoS::AtLeastOnce).await;
 
     let report = publish_n(
         broker.addr(),
@@ -193,11 +158,7 @@ async fn published_messages_are_all_collected_in_order() {
     )
     .await;
     assert_eq!(report.acked, 2_000);
-    assert!(
-        collector.wait_count(2_000, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_count(2_000, LONG).await, "{}", collector.describe());
     let messages = collector.messages();
     let order = check_in_order(&messages, 2_000).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(order.duplicates, 0);
@@ -210,8 +171,7 @@ async fn published_messages_are_all_collected_in_order() {
     assert_eq!(collector.distinct_seqs().len(), 2_000);
 
     // QoS 2 goes through its own acknowledgement (PUBREC/PUBREL/PUBCOMP).
-    let exactly_once =
-        Collector::start(broker.addr(), "harness-qos2", "qos2/#", QoS::ExactlyOnce).await;
+    let exactly_once = Collector::start(broker.addr(), "harness-qos2", "qos2/#", QoS::ExactlyOnce).await;
     publish_n(
         broker.addr(),
         |_| "qos2/x".into(),
@@ -220,23 +180,15 @@ async fn published_messages_are_all_collected_in_order() {
         |seq| seq_payload(seq, 32),
     )
     .await;
-    assert!(
-        exactly_once.wait_count(300, LONG).await,
-        "{}",
-        exactly_once.describe()
-    );
+    assert!(exactly_once.wait_count(300, LONG).await, "{}", exactly_once.describe());
     check_in_order(&exactly_once.messages(), 300).unwrap_or_else(|e| panic!("{e}"));
-    assert!(exactly_once
-        .messages()
-        .iter()
-        .all(|m| m.qos == QoS::ExactlyOnce));
+    assert!(exactly_once.messages().iter().all(|m| m.qos == QoS::ExactlyOnce));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_and_retained_messages_pass_unchanged() {
     let broker = Broker::start();
-    let collector =
-        Collector::start(broker.addr(), "harness-large", "large/#", QoS::AtLeastOnce).await;
+    let collector = Collector::start(broker.addr(), "harness-large", "large/#", QoS::AtLeastOnce).await;
     let sizes = [8usize, 200 * 1024, 1024 * 1024];
     publish_n(
         broker.addr(),
@@ -246,38 +198,17 @@ async fn large_payloads_and_retained_messages_pass_unchanged() {
         |seq| seq_payload(seq, sizes[seq as usize]),
     )
     .await;
-    assert!(
-        collector.wait_count(3, LONG).await,
-        "{}",
-        collector.describe()
-    );
-    let received: Vec<usize> = collector
-        .messages()
-        .iter()
-        .map(|m| m.payload.len())
-        .collect();
+    assert!(collector.wait_count(3, LONG).await, "{}", collector.describe());
+    let received: Vec<usize> = collector.messages().iter().map(|m| m.payload.len()).collect();
     assert_eq!(received, sizes);
-    assert!(collector
-        .messages()
-        .iter()
-        .all(|m| seq_payload_intact(&m.payload)));
+    assert!(collector.messages().iter().all(|m| seq_payload_intact(&m.payload)));
 
     publish_one(broker.addr(), "retained/ü", b"kept", QoS::AtLeastOnce, true).await;
-    let late = Collector::start(
-        broker.addr(),
-        "harness-retained",
-        "retained/#",
-        QoS::AtLeastOnce,
-    )
-    .await;
+    let late = Collector::start(broker.addr(), "harness-retained", "retained/#", QoS::AtLeastOnce).await;
     assert!(late.wait_count(1, LONG).await, "{}", late.describe());
     let retained = &late.messages()[0];
     assert_eq!(
-        (
-            retained.topic.as_str(),
-            &retained.payload[..],
-            retained.retain
-        ),
+        (retained.topic.as_str(), &retained.payload[..], retained.retain),
         ("retained/ü", &b"kept"[..], true)
     );
 }
@@ -295,27 +226,17 @@ async fn collector_keeps_its_session_across_broker_restarts() {
         |seq| seq_payload(seq, 64),
     )
     .await;
-    assert!(
-        collector.wait_count(500, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_count(500, LONG).await, "{}", collector.describe());
 
     // Restarted under the connected collector: it reconnects to its saved session.
     broker.stop();
     broker.restart();
     assert!(
-        wait_until(LONG, Duration::from_millis(20), || collector
-            .connect_count()
-            >= 2)
-        .await,
+        wait_until(LONG, Duration::from_millis(20), || collector.connect_count() >= 2).await,
         "{}",
         collector.describe()
     );
-    assert!(
-        collector.session_present(),
-        "the broker saved the session at SIGTERM"
-    );
+    assert!(collector.session_present(), "the broker saved the session at SIGTERM");
     publish_n(
         addr,
         |_| "session/a".into(),
@@ -324,11 +245,7 @@ async fn collector_keeps_its_session_across_broker_restarts() {
         |seq| seq_payload(500 + seq, 64),
     )
     .await;
-    assert!(
-        collector.wait_count(1_000, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_count(1_000, LONG).await, "{}", collector.describe());
     let mut all = collector.messages();
 
     // Away while messages are published and the broker restarts: they are
@@ -345,10 +262,7 @@ async fn collector_keeps_its_session_across_broker_restarts() {
     broker.stop();
     broker.restart();
     let back = Collector::start(addr, "harness-session", "session/#", QoS::AtLeastOnce).await;
-    assert!(
-        back.session_present(),
-        "session kept while the collector was away"
-    );
+    assert!(back.session_present(), "session kept while the collector was away");
     assert!(back.wait_count(500, LONG).await, "{}", back.describe());
     all.extend(back.messages());
     check_in_order(&all, 1_500).unwrap_or_else(|e| panic!("{e}"));
@@ -363,17 +277,11 @@ async fn collector_session_survives_kill9_after_a_checkpoint() {
     broker.kill9();
     broker.restart();
     assert!(
-        wait_until(LONG, Duration::from_millis(20), || collector
-            .connect_count()
-            >= 2)
-        .await,
+        wait_until(LONG, Duration::from_millis(20), || collector.connect_count() >= 2).await,
         "{}",
         collector.describe()
     );
-    assert!(
-        collector.session_present(),
-        "the autosaved session was restored"
-    );
+    assert!(collector.session_present(), "the autosaved session was restored");
     publish_n(
         addr,
         |_| "k/x".into(),
@@ -382,11 +290,7 @@ async fn collector_session_survives_kill9_after_a_checkpoint() {
         |seq| seq_payload(seq, 16),
     )
     .await;
-    assert!(
-        collector.wait_count(200, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_count(200, LONG).await, "{}", collector.describe());
     check_in_order(&collector.messages(), 200).unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -405,11 +309,7 @@ async fn publisher_resends_across_a_broker_restart() {
         )
         .await
     });
-    assert!(
-        collector.wait_count(2_000, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_count(2_000, LONG).await, "{}", collector.describe());
     broker.stop();
     broker.restart();
     let report = tokio::time::timeout(Duration::from_secs(120), publisher)
@@ -417,19 +317,13 @@ async fn publisher_resends_across_a_broker_restart() {
         .expect("publish_n finishes after the restart")
         .expect("publish_n did not panic");
     assert_eq!(report.acked, 20_000);
-    assert!(
-        collector.wait_distinct(20_000, LONG).await,
-        "{}",
-        collector.describe()
-    );
+    assert!(collector.wait_distinct(20_000, LONG).await, "{}", collector.describe());
     let order = check_in_order(&collector.messages(), 20_000).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("across a broker restart: {order}; publisher: {report:?}");
 }
 
 /// MQTT 3.1.1 CONNECT (client id "px", keepalive 60 s), CONNACK, PINGREQ, PINGRESP.
-const CONNECT: [u8; 16] = [
-    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'p', b'x',
-];
+const CONNECT: [u8; 16] = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'p', b'x'];
 const PINGREQ: [u8; 2] = [0xC0, 0];
 const PINGRESP: [u8; 2] = [0xD0, 0];
 
@@ -463,9 +357,7 @@ async fn silent_proxy_passes_holds_and_resumes_bytes() {
     assert_eq!(connack, [0x20, 2, 0, 0]);
     client.write_all(&PINGREQ).await.expect("send PINGREQ");
     assert_eq!(
-        read_exact_within(&mut client, 2, LONG)
-            .await
-            .expect("PINGRESP"),
+        read_exact_within(&mut client, 2, LONG).await.expect("PINGRESP"),
         PINGRESP
     );
 
@@ -495,15 +387,10 @@ async fn silent_proxy_passes_holds_and_resumes_bytes() {
     let mut held = tokio::net::TcpStream::connect(proxy.addr())
         .await
         .expect("TCP handshake with the proxy");
-    held.write_all(&[
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'p', b'y',
-    ])
-    .await
-    .expect("send");
-    assert_eq!(
-        read_exact_within(&mut held, 4, quiet).await,
-        Err("timeout".to_string())
-    );
+    held.write_all(&[0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'p', b'y'])
+        .await
+        .expect("send");
+    assert_eq!(read_exact_within(&mut held, 4, quiet).await, Err("timeout".to_string()));
     proxy.set_silent(false);
     assert_eq!(
         read_exact_within(&mut held, 4, LONG)
@@ -527,19 +414,10 @@ async fn silent_proxy_passes_holds_and_resumes_bytes() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "connection closed: {closed:?}"
     );
-    assert!(
-        wait_until(LONG, Duration::from_millis(20), || proxy.open_connections()
-            == 0)
-        .await
-    );
+    assert!(wait_until(LONG, Duration::from_millis(20), || proxy.open_connections() == 0).await);
 }
 
-fn ferry_config(
-    data_dir: &std::path::Path,
-    metrics_port: u16,
-    hub: &Broker,
-    edge: &Broker,
-) -> String {
+fn ferry_config(data_dir: &std::path::Path, metrics_port: u16, hub: &Broker, edge: &Broker) -> String {
     format!(
         r#"data_dir = "{data}"
 
@@ -588,20 +466,14 @@ async fn ferry_process_is_started_scraped_killed_restarted_and_terminated() {
     std::fs::write(&check_path, &config).expect("write config");
     let check = run_ferry(&["check", "--config", &check_path.display().to_string()]);
     assert!(check.status.success(), "ferry check failed: {check:?}");
-    assert!(
-        String::from_utf8_lossy(&check.stdout).contains("edge1"),
-        "{check:?}"
-    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("edge1"), "{check:?}");
 
     let mut ferry = Ferry::start(&config);
     ferry
         .wait_link_up("edge1", LONG)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        ferry.scrape().get("ferry_link_up", &[("link", "edge1")]),
-        Some(1.0)
-    );
+    assert_eq!(ferry.scrape().get("ferry_link_up", &[("link", "edge1")]), Some(1.0));
     let missing = ferry
         .wait_metric(
             "ferry_link_up",
@@ -614,10 +486,7 @@ async fn ferry_process_is_started_scraped_killed_restarted_and_terminated() {
 
     ferry.kill9();
     assert!(!ferry.is_running());
-    assert!(
-        ferry.try_scrape().is_err(),
-        "nothing serves metrics after kill -9"
-    );
+    assert!(ferry.try_scrape().is_err(), "nothing serves metrics after kill -9");
 
     ferry.restart();
     ferry

@@ -39,9 +39,16 @@ fn queue_cmd(config: &std::path::Path, args: &[&str], code: i32) -> Output {
 /// The `ferry queue stats --json` entry of `queue`.
 fn stats_of(config: &std::path::Path, queue: &str) -> serde_json::Value {
     let out = queue_cmd(config, &["stats", "--json"], 0);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stats --json: {e}: {}", stdout(&out)));
-    let queues = doc["queues"].as_array().unwrap_or_else(|| panic!("no queues array: {doc}"));
-    queues.iter().find(|q| q["queue"] == queue).cloned().unwrap_or_else(|| panic!("no {queue} in {doc}"))
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stats --json: {e}: {}", stdout(&out)));
+    let queues = doc["queues"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no queues array: {doc}"));
+    queues
+        .iter()
+        .find(|q| q["queue"] == queue)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {queue} in {doc}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +58,11 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
     let mut ferry = net.start_ferry();
     net.wait_all_up(&ferry).await;
     net.queue_backlog(&ferry, 0, N, 64).await;
-    assert!(ferry.terminate().success(), "ferry did not stop cleanly\n{}", ferry.log_tail(40));
+    assert!(
+        ferry.terminate().success(),
+        "ferry did not stop cleanly\n{}",
+        ferry.log_tail(40)
+    );
     let config = ferry.config_path();
 
     // stats: the backlog (at least N: the hub may redeliver a message).
@@ -59,15 +70,27 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
     let queued = out_queue["messages"].as_u64().unwrap_or_else(|| panic!("{out_queue}"));
     assert!(queued >= N, "{out_queue}");
     assert_eq!(out_queue["in_config"], true, "{out_queue}");
-    assert!(out_queue["oldest_received_at"].is_string() && out_queue["bytes"].as_u64() > Some(0), "{out_queue}");
+    assert!(
+        out_queue["oldest_received_at"].is_string() && out_queue["bytes"].as_u64() > Some(0),
+        "{out_queue}"
+    );
     let table = stdout(&queue_cmd(&config, &["stats"], 0));
     eprintln!("ferry queue stats:\n{table}");
-    let row = table.lines().find(|l| l.starts_with("edge0/out ")).unwrap_or_else(|| panic!("no edge0/out row:\n{table}"));
-    assert_eq!(row.split_whitespace().nth(1), Some(queued.to_string().as_str()), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("edge0/out "))
+        .unwrap_or_else(|| panic!("no edge0/out row:\n{table}"));
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some(queued.to_string().as_str()),
+        "{table}"
+    );
     assert!(table.lines().any(|l| l.starts_with("edge0/in ")), "{table}");
 
     // A queue whose link left the config is still listed, and marked.
-    let renamed = std::fs::read_to_string(&config).unwrap().replace("name = \"edge0\"", "name = \"renamed\"");
+    let renamed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"edge0\"", "name = \"renamed\"");
     let renamed_path = net.data.path().join("renamed.toml");
     std::fs::write(&renamed_path, renamed).unwrap();
     let table = stdout(&queue_cmd(&renamed_path, &["stats"], 0));
@@ -83,7 +106,9 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
     let mut payload_seqs = Vec::new();
     for line in &lines {
         let b64 = line["payload_base64"].as_str().unwrap_or_else(|| panic!("{line}"));
-        let payload = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(seq_payload_intact(&payload) && payload.len() == 64, "{line}");
         assert_eq!(line["topic"], "down/t", "{line}");
         let seq = payload_seq(&payload);
@@ -91,18 +116,34 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
             payload_seqs.push(seq);
         }
     }
-    assert_eq!(payload_seqs, (0..N).collect::<Vec<_>>(), "exported payloads must be the published ones, in order");
+    assert_eq!(
+        payload_seqs,
+        (0..N).collect::<Vec<_>>(),
+        "exported payloads must be the published ones, in order"
+    );
     let store_seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap_or(u64::MAX)).collect();
     assert!(store_seqs.windows(2).all(|w| w[0] < w[1]), "{store_seqs:?}");
 
     // peek: the first three, oldest first.
-    let text = stdout(&queue_cmd(&config, &["peek", "edge0", "--direction", "out", "-n", "3"], 0));
+    let text = stdout(&queue_cmd(
+        &config,
+        &["peek", "edge0", "--direction", "out", "-n", "3"],
+        0,
+    ));
     eprintln!("ferry queue peek edge0 -n 3:\n{text}");
-    let rows: Vec<Vec<&str>> = text.lines().skip(2).take(3).map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(2)
+        .take(3)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     let peeked: Vec<String> = rows.iter().map(|r| r[0].to_string()).collect();
     let want: Vec<String> = store_seqs[..3].iter().map(u64::to_string).collect();
     assert_eq!(peeked, want, "{text}");
-    assert!(rows.iter().all(|r| r.contains(&"down/t") && r.contains(&"hex")), "{text}");
+    assert!(
+        rows.iter().all(|r| r.contains(&"down/t") && r.contains(&"hex")),
+        "{text}"
+    );
     assert!(text.contains(&format!("and {} more", queued - 3)), "{text}");
 
     // An unknown link: exit 1, naming the queues that exist.
@@ -111,15 +152,25 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
 
     // purge without --yes: says what it would do, deletes nothing.
     let text = stdout(&queue_cmd(&config, &["purge", "edge0"], 0));
-    assert!(text.contains(&format!("would purge {queued} messages")) && text.contains("--yes"), "{text}");
+    assert!(
+        text.contains(&format!("would purge {queued} messages")) && text.contains("--yes"),
+        "{text}"
+    );
     assert_eq!(stats_of(&config, "edge0/out")["messages"], queued);
 
     // purge --yes empties both queues of the link, counted as purged.
     let text = stdout(&queue_cmd(&config, &["purge", "edge0", "--yes"], 0));
     eprintln!("ferry queue purge edge0 --yes:\n{text}");
-    assert!(text.contains(&format!("purged {queued} messages from edge0/out")), "{text}");
+    assert!(
+        text.contains(&format!("purged {queued} messages from edge0/out")),
+        "{text}"
+    );
     let after = stats_of(&config, "edge0/out");
-    assert_eq!((after["messages"].as_u64(), after["dropped"]["purged"].as_u64()), (Some(0), Some(queued)), "{after}");
+    assert_eq!(
+        (after["messages"].as_u64(), after["dropped"]["purged"].as_u64()),
+        (Some(0), Some(queued)),
+        "{after}"
+    );
 
     // ferry starts on the purged store, and the invariant holds in its metrics.
     ferry.restart();
@@ -139,8 +190,15 @@ async fn the_tools_refuse_the_store_of_a_running_ferry() {
     let started = std::time::Instant::now();
     let err = stderr(&queue_cmd(&ferry.config_path(), &["stats"], 1));
     let data_dir = net.data.path().display().to_string();
-    assert!(err.contains("ferry is running") && err.contains(&data_dir) && err.contains("ferry status"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        err.contains("ferry is running") && err.contains(&data_dir) && err.contains("ferry status"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     let err = stderr(&queue_cmd(&ferry.config_path(), &["purge", "edge0", "--yes"], 1));
     assert!(err.contains("the store is locked"), "{err}");
     assert!(ferry.is_running());

@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule, SubscribeProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -199,8 +197,7 @@ pub async fn run(
 
     while !stop.is_cancelled() {
         epoch += 1;
-        let (client, mut eventloop) =
-            AsyncClient::new(spec.options(), request_capacity(spec.inflight));
+        let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
         let session_present = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
@@ -240,7 +237,14 @@ pub async fn run(
         status.set_up();
         gauge!(m::CONNECTION_UP, &labels).set(1.0);
         tracing::info!(link, side, role, %addr, session_present, "connected");
-        if events.send(ConnEvent::Up { epoch, client: client.clone() }).await.is_err() {
+        if events
+            .send(ConnEvent::Up {
+                epoch,
+                client: client.clone(),
+            })
+            .await
+            .is_err()
+        {
             return;
         }
 
@@ -259,7 +263,10 @@ pub async fn run(
         let delay = backoff.next_delay();
         tracing::warn!(link, side, role, %addr, error = %reason, retry_in_ms = delay.as_millis() as u64, "connection lost");
         counter!(m::RECONNECTS, &labels).increment(1);
-        status.set_down(&format!("connection to {addr} lost: {reason}"), delay.as_millis() as u64);
+        status.set_down(
+            &format!("connection to {addr} lost: {reason}"),
+            delay.as_millis() as u64,
+        );
         if events.send(ConnEvent::Down { epoch }).await.is_err() {
             return;
         }
@@ -332,7 +339,10 @@ async fn subscribe(client: &AsyncClient, subs: &[Subscription]) -> Result<(), ru
         // Retain-as-published: live retained messages keep their flag.
         filter.preserve_retain = true;
         filter.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
-        let props = SubscribeProperties { id: Some(sub.id), user_properties: Vec::new() };
+        let props = SubscribeProperties {
+            id: Some(sub.id),
+            user_properties: Vec::new(),
+        };
         client.subscribe_many_with_properties([filter], props).await?;
     }
     Ok(())

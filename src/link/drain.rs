@@ -74,8 +74,13 @@ impl Progress {
             }
             Some(_) if connected => {
                 if let Some((at, before)) = self.last {
-                    let rate = forwarded.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(0.001);
-                    let eta = if rate >= 1.0 { format!("{:.0}s", left as f64 / rate) } else { "unknown (no progress)".to_string() };
+                    let rate =
+                        forwarded.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(0.001);
+                    let eta = if rate >= 1.0 {
+                        format!("{:.0}s", left as f64 / rate)
+                    } else {
+                        "unknown (no progress)".to_string()
+                    };
                     tracing::info!(link, %direction, messages_left = left, rate_per_sec = rate as u64, eta = %eta, "draining a backlog");
                 }
             }
@@ -188,7 +193,9 @@ impl Drain {
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                let Some(sent) = w.inflight.remove(&ack.pkid) else { return };
+                let Some(sent) = w.inflight.remove(&ack.pkid) else {
+                    return;
+                };
                 match ack.reason {
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers => w.delivered.push(sent),
                     reason => {
@@ -225,7 +232,10 @@ impl Drain {
         w.delivered_count += delivered.len() as u64;
         crate::fault::after_delivery(&self.link, w.delivered_count);
         let now = m::now_ms();
-        let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        let labels = [
+            ("link", self.link.clone()),
+            ("direction", self.direction.as_str().to_string()),
+        ];
         // One registry lookup per batch, not per message.
         let latency = histogram!(m::FORWARD_LATENCY, &labels);
         for s in &delivered {
@@ -241,7 +251,9 @@ impl Drain {
         match result {
             Ok(Ok(_)) => {}
             // Not removed: they are sent again after the next reconnect.
-            Ok(Err(e)) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot remove delivered entries; they will be sent again"),
+            Ok(Err(e)) => {
+                tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot remove delivered entries; they will be sent again")
+            }
             Err(e) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "store task failed"),
         }
         self.flush_removals(w).await;
@@ -262,8 +274,12 @@ impl Drain {
         if let Some(done) = w.flushing.take() {
             match done.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot flush removals; delivered entries may be sent again after a crash"),
-                Err(e) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "flush task failed"),
+                Ok(Err(e)) => {
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot flush removals; delivered entries may be sent again after a crash")
+                }
+                Err(e) => {
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "flush task failed")
+                }
             }
         }
         let store = self.store.clone();
@@ -301,12 +317,20 @@ impl Drain {
                     continue;
                 };
                 if w.highest_sent.is_some_and(|h| seq <= h) {
-                    counter!(m::REDELIVERED, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+                    counter!(m::REDELIVERED, "link" => self.link.clone(), "direction" => self.direction.as_str())
+                        .increment(1);
                 }
                 w.highest_sent = Some(w.highest_sent.map_or(seq, |h| h.max(seq)));
                 let qos = qos_of(record.qos);
-                w.unmatched.push_back(Sent { seq, qos, received_at_ms: record.received_at_ms });
-                if let Err(e) = client.publish_with_properties(record.topic, qos, record.retain, record.payload, props).await {
+                w.unmatched.push_back(Sent {
+                    seq,
+                    qos,
+                    received_at_ms: record.received_at_ms,
+                });
+                if let Err(e) = client
+                    .publish_with_properties(record.topic, qos, record.retain, record.payload, props)
+                    .await
+                {
                     // The connection is going away; its Down event resets the window.
                     tracing::debug!(link = %self.link, error = %e, "publish not queued: connection closing");
                     w.unmatched.pop_back();
@@ -328,7 +352,10 @@ impl Drain {
     /// counts down while it waits in the queue).
     fn properties_now(&self, record: &Record, now_ms: u64) -> Option<PublishProperties> {
         let age_ms = now_ms.saturating_sub(record.received_at_ms);
-        if self.ttl.is_some_and(|ttl| age_ms >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)) {
+        if self
+            .ttl
+            .is_some_and(|ttl| age_ms >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        {
             return None;
         }
         let p = &record.properties;

@@ -64,8 +64,16 @@ struct State {
 
 impl Ingest {
     pub async fn run(mut self) {
-        let mut st = State { client: None, held: VecDeque::new(), unflushed: false, blocked_since: None };
-        let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        let mut st = State {
+            client: None,
+            held: VecDeque::new(),
+            unflushed: false,
+            blocked_since: None,
+        };
+        let labels = [
+            ("link", self.link.clone()),
+            ("direction", self.direction.as_str().to_string()),
+        ];
         let mut retry = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             // Wait for work: a new event, or (when stuck) space or a retry tick.
@@ -126,7 +134,10 @@ impl Ingest {
                     st.client = None;
                 }
             }
-            ConnEvent::Packet { epoch, event: Event::Incoming(Packet::Publish(p)) } => {
+            ConnEvent::Packet {
+                epoch,
+                event: Event::Incoming(Packet::Publish(p)),
+            } => {
                 let records = self.route(&p);
                 let ack = (p.qos != QoS::AtMostOnce).then(|| Publish {
                     payload: Default::default(),
@@ -135,9 +146,15 @@ impl Ingest {
                     ..p
                 });
                 if records.is_empty() {
-                    counter!(m::UNROUTED, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+                    counter!(m::UNROUTED, "link" => self.link.clone(), "direction" => self.direction.as_str())
+                        .increment(1);
                 }
-                st.held.push_back(Pending { epoch, ack, records, stored: false });
+                st.held.push_back(Pending {
+                    epoch,
+                    ack,
+                    records,
+                    stored: false,
+                });
             }
             ConnEvent::Packet { .. } => {}
         }
@@ -151,7 +168,11 @@ impl Ingest {
             tracing::warn!(link = %self.link, direction = %self.direction, "ignoring a message whose topic is not UTF-8");
             return Vec::new();
         };
-        let ids: &[usize] = p.properties.as_ref().map(|pr| pr.subscription_identifiers.as_slice()).unwrap_or(&[]);
+        let ids: &[usize] = p
+            .properties
+            .as_ref()
+            .map(|pr| pr.subscription_identifiers.as_slice())
+            .unwrap_or(&[]);
         let received_at_ms = m::now_ms();
         let properties = p.properties.as_ref().map(carry_properties).unwrap_or_default();
         self.routes
@@ -182,10 +203,18 @@ impl Ingest {
     /// is on disk. Returns whether anything moved.
     async fn commit(&mut self, st: &mut State) -> bool {
         let started = Instant::now();
-        let labels = [("link", self.link.clone()), ("direction", self.direction.as_str().to_string())];
+        let labels = [
+            ("link", self.link.clone()),
+            ("direction", self.direction.as_str().to_string()),
+        ];
         // 1. Append the held records that are not stored yet (a suffix of held).
         let first_unstored = st.held.iter().position(|p| !p.stored).unwrap_or(st.held.len());
-        let batch: Vec<Record> = st.held.iter().skip(first_unstored).flat_map(|p| p.records.iter().cloned()).collect();
+        let batch: Vec<Record> = st
+            .held
+            .iter()
+            .skip(first_unstored)
+            .flat_map(|p| p.records.iter().cloned())
+            .collect();
         let mut appended = 0usize;
         if first_unstored < st.held.len() {
             let queue = self.queue.clone();
@@ -245,7 +274,9 @@ impl Ingest {
         while st.held.front().is_some_and(|p| p.stored) {
             let Some(p) = st.held.pop_front() else { break };
             acked += 1;
-            let (Some(ack), Some((epoch, client))) = (&p.ack, &st.client) else { continue };
+            let (Some(ack), Some((epoch, client))) = (&p.ack, &st.client) else {
+                continue;
+            };
             if *epoch != p.epoch {
                 continue; // a previous connection's message: the broker resends it
             }

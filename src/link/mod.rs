@@ -56,7 +56,10 @@ pub fn open_queues(store: &Store, link: &LinkConfig) -> Result<Vec<(Direction, Q
     let mut queues = Vec::new();
     for direction in [Direction::Out, Direction::In] {
         if link.routes(direction).next().is_some() {
-            queues.push((direction, store.queue(&queue_name(&link.name, direction), queue_limits(link))?));
+            queues.push((
+                direction,
+                store.queue(&queue_name(&link.name, direction), queue_limits(link))?,
+            ));
         }
     }
     Ok(queues)

@@ -47,13 +47,24 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
     spec.inflight = STATE_INFLIGHT;
     spec.max_packet_bytes = 64 * 1024;
     let offline = serde_json::json!({ "link": link.name, "state": "offline", "reason": "ferry's connection to the hub ended without a goodbye" });
-    spec.will = Some(LastWill::new(topic.clone(), offline.to_string().into_bytes(), QoS::AtLeastOnce, true, None));
+    spec.will = Some(LastWill::new(
+        topic.clone(),
+        offline.to_string().into_bytes(),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
 
     let (events_tx, mut events) = mpsc::channel(64);
     let connection_stop = CancellationToken::new();
     // Not one of the link's forwarding connections: not in its status.
     let connection_status = super::status::ConnStatus::new(Direction::Out, Side::Hub, Role::State);
-    let connection = tokio::spawn(connection::run(spec, events_tx, connection_stop.clone(), connection_status));
+    let connection = tokio::spawn(connection::run(
+        spec,
+        events_tx,
+        connection_stop.clone(),
+        connection_status,
+    ));
 
     let mut client: Option<AsyncClient> = None;
     let mut published: Option<&'static str> = None;
@@ -75,7 +86,8 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
         let Some(c) = &client else { continue };
         let state = status.state().as_str();
         if published != Some(state)
-            && c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, state)).is_ok()
+            && c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, state))
+                .is_ok()
         {
             tracing::debug!(link = %link.name, state, %topic, "state published");
             published = Some(state);
@@ -86,9 +98,6 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
     }
     // The connection sends what is queued, then DISCONNECT (so no will).
     connection_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while events.recv().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while events.recv().await.is_some() {} }).await;
     connection.abort();
 }

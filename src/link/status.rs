@@ -84,7 +84,12 @@ pub struct ConnState {
 
 impl ConnStatus {
     pub fn new(direction: Direction, side: Side, role: Role) -> Arc<ConnStatus> {
-        Arc::new(ConnStatus { direction, side, role, state: Mutex::new(ConnState::default()) })
+        Arc::new(ConnStatus {
+            direction,
+            side,
+            role,
+            state: Mutex::new(ConnState::default()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnState> {
@@ -275,9 +280,7 @@ impl LinkStatus {
         match st.mode {
             Mode::Paused => State::Paused,
             Mode::Draining => State::Draining,
-            Mode::Running if !st.connections.is_empty() && st.connections.iter().all(|c| c.is_up()) => {
-                State::Connected
-            }
+            Mode::Running if !st.connections.is_empty() && st.connections.iter().all(|c| c.is_up()) => State::Connected,
             Mode::Running => State::Connecting,
         }
     }
@@ -292,7 +295,10 @@ impl LinkStatus {
             let cs = c.snapshot();
             if let (Some(e), Some(at)) = (cs.last_error, cs.last_error_ms) {
                 if last_error.as_ref().is_none_or(|(_, t)| at > *t) {
-                    last_error = Some((format!("{} {} {}: {e}", c.direction, c.side.as_str(), c.role.as_str()), at));
+                    last_error = Some((
+                        format!("{} {} {}: {e}", c.direction, c.side.as_str(), c.role.as_str()),
+                        at,
+                    ));
                 }
             }
         }

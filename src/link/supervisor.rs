@@ -213,7 +213,11 @@ struct Halves {
 
 impl Halves {
     fn new(queues: &[(Direction, Queue)]) -> Halves {
-        Halves { queues: queues.to_vec(), ingest: None, drain: None }
+        Halves {
+            queues: queues.to_vec(),
+            ingest: None,
+            drain: None,
+        }
     }
 
     /// Starts and stops halves so that what runs matches `mode`.
@@ -229,8 +233,14 @@ impl Halves {
                 (true, false) => {
                     let stop = s.stop.child_token();
                     let mut tasks = JoinSet::new();
-                    let connections = super::spawn_half(half, &s.link, &s.hub, &s.store, &self.queues, &stop, &mut tasks);
-                    *slot = Some(Group { half, tasks, stop, connections });
+                    let connections =
+                        super::spawn_half(half, &s.link, &s.hub, &s.store, &self.queues, &stop, &mut tasks);
+                    *slot = Some(Group {
+                        half,
+                        tasks,
+                        stop,
+                        connections,
+                    });
                 }
                 (false, true) => {
                     if let Some(group) = slot.take() {
@@ -240,7 +250,12 @@ impl Halves {
                 _ => {}
             }
         }
-        let connections = self.ingest.iter().chain(self.drain.iter()).flat_map(|g| g.connections.iter().cloned()).collect();
+        let connections = self
+            .ingest
+            .iter()
+            .chain(self.drain.iter())
+            .flat_map(|g| g.connections.iter().cloned())
+            .collect();
         s.status.set_connections(connections);
     }
 
@@ -267,7 +282,9 @@ impl Halves {
     /// True when no drain half runs or its connections are all up (so an
     /// empty queue means everything was forwarded, not that nothing could be).
     fn drain_idle(&self) -> bool {
-        self.drain.as_ref().is_none_or(|g| g.connections.iter().all(|c| c.is_up()))
+        self.drain
+            .as_ref()
+            .is_none_or(|g| g.connections.iter().all(|c| c.is_up()))
     }
 
     async fn stop_all(&mut self, link: &str) {

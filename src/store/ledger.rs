@@ -31,7 +31,10 @@ pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Mark>, String> {
     };
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {
-        return Err(format!("{}: not a ferry ledger (first line is not {HEADER:?})", path.display()));
+        return Err(format!(
+            "{}: not a ferry ledger (first line is not {HEADER:?})",
+            path.display()
+        ));
     }
     let mut marks = BTreeMap::new();
     for (n, line) in lines.enumerate() {
@@ -39,8 +42,17 @@ pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Mark>, String> {
         let (Some(next_seq), Some(received), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
             return Err(format!("{}:{}: malformed line", path.display(), n + 2));
         };
-        let parse = |v: &str| v.parse::<u64>().map_err(|e| format!("{}:{}: {e}", path.display(), n + 2));
-        marks.insert(name.to_string(), Mark { next_seq: parse(next_seq)?, received: parse(received)? });
+        let parse = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 2))
+        };
+        marks.insert(
+            name.to_string(),
+            Mark {
+                next_seq: parse(next_seq)?,
+                received: parse(received)?,
+            },
+        );
     }
     Ok(marks)
 }

@@ -149,8 +149,12 @@ pub struct QueueLimits {
 }
 
 impl QueueLimits {
-    pub const UNBOUNDED: QueueLimits =
-        QueueLimits { max_bytes: 0, max_messages: 0, overflow: Overflow::Block, ttl: None };
+    pub const UNBOUNDED: QueueLimits = QueueLimits {
+        max_bytes: 0,
+        max_messages: 0,
+        overflow: Overflow::Block,
+        ttl: None,
+    };
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -237,15 +241,22 @@ impl StoreError {
     pub(crate) fn from_sled(path: &Path, e: sled::Error) -> StoreError {
         let path = path.to_path_buf();
         match e {
-            sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => StoreError::Locked { path },
+            sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => {
+                StoreError::Locked { path }
+            }
             sled::Error::Io(source) => StoreError::Io { path, source },
-            sled::Error::Corruption { at: Some(at), .. } => {
-                StoreError::Damaged { path, detail: format!("sled found corruption at {at:?}") }
-            }
-            sled::Error::Corruption { at: None, .. } => {
-                StoreError::Damaged { path, detail: "sled found corruption in its files".to_string() }
-            }
-            other => StoreError::Other { path, detail: other.to_string() },
+            sled::Error::Corruption { at: Some(at), .. } => StoreError::Damaged {
+                path,
+                detail: format!("sled found corruption at {at:?}"),
+            },
+            sled::Error::Corruption { at: None, .. } => StoreError::Damaged {
+                path,
+                detail: "sled found corruption in its files".to_string(),
+            },
+            other => StoreError::Other {
+                path,
+                detail: other.to_string(),
+            },
         }
     }
 
@@ -255,9 +266,10 @@ impl StoreError {
     /// same as for corruption.
     fn from_sled_at_open(path: &Path, e: sled::Error) -> StoreError {
         match e {
-            sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => {
-                StoreError::Damaged { path: path.to_path_buf(), detail: format!("sled cannot read it: {why}") }
-            }
+            sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("sled cannot read it: {why}"),
+            },
             other => StoreError::from_sled(path, other),
         }
     }
@@ -330,7 +342,9 @@ impl Store {
     pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
         if !path.exists() {
-            return Err(StoreError::NoStore { path: data_dir.to_path_buf() });
+            return Err(StoreError::NoStore {
+                path: data_dir.to_path_buf(),
+            });
         }
         Store::open_waiting(data_dir, DEFAULT_CACHE_BYTES, Duration::ZERO)
     }
@@ -338,8 +352,10 @@ impl Store {
     /// `open_with_cache`, waiting at most `lock_wait` for a lock held by a
     /// store that is closing (tests pass a short wait).
     fn open_waiting(data_dir: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join("store");
         let config = sled::Config::new()
             .path(&path)
@@ -359,7 +375,10 @@ impl Store {
             }
         };
         let ledger_path = data_dir.join("ledger");
-        let marks = ledger::read(&ledger_path).map_err(|detail| StoreError::Damaged { path: ledger_path.clone(), detail })?;
+        let marks = ledger::read(&ledger_path).map_err(|detail| StoreError::Damaged {
+            path: ledger_path.clone(),
+            detail,
+        })?;
         check_against_ledger(&db, &path, &marks)?;
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -412,7 +431,10 @@ impl Store {
                 return Ok(());
             }
             if self.is_poisoned() {
-                return Err(StoreError::Other { path: self.inner.path.clone(), detail: "an earlier write failed; the store must be opened again".into() });
+                return Err(StoreError::Other {
+                    path: self.inner.path.clone(),
+                    detail: "an earlier write failed; the store must be opened again".into(),
+                });
             }
             if !st.running {
                 // Lead this flush: it covers every ticket taken so far.
@@ -452,8 +474,10 @@ impl Store {
         // Keep what the ledger knew of queues not opened in this run.
         let mut all = ledger::read(&self.inner.ledger_path).unwrap_or_default();
         all.extend(marks);
-        ledger::write(&self.inner.ledger_path, &all)
-            .map_err(|source| StoreError::Io { path: self.inner.ledger_path.clone(), source })?;
+        ledger::write(&self.inner.ledger_path, &all).map_err(|source| StoreError::Io {
+            path: self.inner.ledger_path.clone(),
+            source,
+        })?;
         *last = Some(std::time::Instant::now());
         Ok(())
     }
@@ -464,7 +488,12 @@ impl Store {
             .db
             .tree_names()
             .into_iter()
-            .filter_map(|n| std::str::from_utf8(&n).ok().and_then(|s| s.strip_prefix("queue/")).map(str::to_string))
+            .filter_map(|n| {
+                std::str::from_utf8(&n)
+                    .ok()
+                    .and_then(|s| s.strip_prefix("queue/"))
+                    .map(str::to_string)
+            })
             .collect()
     }
 
@@ -524,7 +553,9 @@ fn check_against_ledger(db: &sled::Db, path: &Path, marks: &BTreeMap<String, led
             Some(f) => f.next_seq < mark.next_seq || f.received < mark.received,
         };
         if lost {
-            let found = found.map_or("nothing".to_string(), |f| format!("sequence {} and {} received", f.next_seq, f.received));
+            let found = found.map_or("nothing".to_string(), |f| {
+                format!("sequence {} and {} received", f.next_seq, f.received)
+            });
             return Err(StoreError::Damaged {
                 path: path.to_path_buf(),
                 detail: format!(

@@ -57,7 +57,8 @@ struct State {
 impl State {
     fn full_for(&self, meta: &Meta, size: u64) -> bool {
         let l = &self.limits;
-        (l.max_messages > 0 && meta.messages + 1 > l.max_messages) || (l.max_bytes > 0 && meta.bytes + size > l.max_bytes)
+        (l.max_messages > 0 && meta.messages + 1 > l.max_messages)
+            || (l.max_bytes > 0 && meta.bytes + size > l.max_bytes)
     }
 }
 
@@ -117,7 +118,10 @@ impl Queue {
     /// The ledger's view of this queue now.
     pub(super) fn mark(&self) -> Mark {
         let st = self.lock();
-        Mark { next_seq: st.meta.next_seq, received: st.meta.received }
+        Mark {
+            next_seq: st.meta.next_seq,
+            received: st.meta.received,
+        }
     }
 
     pub fn limits(&self) -> QueueLimits {
@@ -229,7 +233,12 @@ impl Queue {
     }
 
     pub fn first_seq(&self) -> Option<u64> {
-        self.inner.tree.range(key(0)..key(u64::MAX)).next().and_then(|r| r.ok()).and_then(|(k, _)| seq_of(&k))
+        self.inner
+            .tree
+            .range(key(0)..key(u64::MAX))
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|(k, _)| seq_of(&k))
     }
 
     /// Removes delivered entries (those still present) and counts them as
@@ -253,7 +262,9 @@ impl Queue {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         for seq in unique {
-            let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? else { continue };
+            let Some(v) = self.inner.tree.get(key(seq)).map_err(|e| self.error(e))? else {
+                continue;
+            };
             batch.remove(&key(seq));
             meta.messages = meta.messages.saturating_sub(1);
             meta.bytes = meta.bytes.saturating_sub(v.len() as u64);
@@ -276,7 +287,9 @@ impl Queue {
     /// With a TTL: drops entries from the head received at least TTL ago
     /// (at most 10,000 per call, to keep the lock short).
     pub fn expire(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let Some(ttl) = self.lock().limits.ttl else { return Ok(0) };
+        let Some(ttl) = self.lock().limits.ttl else {
+            return Ok(0);
+        };
         // Saturate: a TTL beyond u64 milliseconds means "never", not a wrap to a short one.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let mut expired = Vec::new();
@@ -298,19 +311,36 @@ impl Queue {
 
     pub fn depth(&self) -> Depth {
         let st = self.lock();
-        Depth { messages: st.meta.messages, bytes: st.meta.bytes }
+        Depth {
+            messages: st.meta.messages,
+            bytes: st.meta.bytes,
+        }
     }
 
     pub fn totals(&self) -> Totals {
         let st = self.lock();
-        Totals { received: st.meta.received, forwarded: st.meta.forwarded, dropped: st.meta.dropped }
+        Totals {
+            received: st.meta.received,
+            forwarded: st.meta.forwarded,
+            dropped: st.meta.dropped,
+        }
     }
 
     /// Depth and totals from one instant (for exporting the invariant).
     pub fn stats(&self) -> (Depth, Totals) {
         let st = self.lock();
         let m = &st.meta;
-        (Depth { messages: m.messages, bytes: m.bytes }, Totals { received: m.received, forwarded: m.forwarded, dropped: m.dropped })
+        (
+            Depth {
+                messages: m.messages,
+                bytes: m.bytes,
+            },
+            Totals {
+                received: m.received,
+                forwarded: m.forwarded,
+                dropped: m.dropped,
+            },
+        )
     }
 
     pub fn oldest_received_at_ms(&self) -> Option<u64> {
@@ -331,10 +361,19 @@ impl Queue {
     /// [`Queue::read`], a record that fails to decode is returned as its
     /// error and left in place.
     pub fn scan(&self, from_seq: u64) -> impl Iterator<Item = Result<Scanned, StoreError>> + '_ {
-        self.inner.tree.range(key(from_seq)..key(u64::MAX)).filter_map(move |item| match item {
-            Err(e) => Some(Err(self.error(e))),
-            Ok((k, v)) => seq_of(&k).map(|seq| Ok(Scanned { seq, size: v.len() as u64, record: record::decode(&v) })),
-        })
+        self.inner
+            .tree
+            .range(key(from_seq)..key(u64::MAX))
+            .filter_map(move |item| match item {
+                Err(e) => Some(Err(self.error(e))),
+                Ok((k, v)) => seq_of(&k).map(|seq| {
+                    Ok(Scanned {
+                        seq,
+                        size: v.len() as u64,
+                        record: record::decode(&v),
+                    })
+                }),
+            })
     }
 
     /// Removes every waiting message, counted as dropped with reason
@@ -418,7 +457,10 @@ pub(super) fn durable_mark(db: &sled::Db, tree_name: &str) -> sled::Result<Optio
         Some(last) => meta.next_seq.max(last + 1),
         None => meta.next_seq,
     };
-    Ok(Some(Mark { next_seq, received: meta.received }))
+    Ok(Some(Mark {
+        next_seq,
+        received: meta.received,
+    }))
 }
 
 fn last_seq(tree: &sled::Tree) -> sled::Result<Option<u64>> {

@@ -61,7 +61,8 @@ fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if crc32fast::hash(body) != want {
         return Err(CodecError::Checksum);
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Body(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Body(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }
@@ -169,9 +170,23 @@ mod tests {
 
     #[test]
     fn meta_written_before_purged_existed_is_read_with_purged_zero() {
-        let old = MetaFiveReasons { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0] };
+        let old = MetaFiveReasons {
+            next_seq: 9,
+            messages: 3,
+            bytes: 300,
+            received: 20,
+            forwarded: 7,
+            dropped: [1, 2, 3, 4, 0],
+        };
         let meta = decode_meta(&encode_value(&old)).unwrap();
-        let want = Meta { next_seq: 9, messages: 3, bytes: 300, received: 20, forwarded: 7, dropped: [1, 2, 3, 4, 0, 0] };
+        let want = Meta {
+            next_seq: 9,
+            messages: 3,
+            bytes: 300,
+            received: 20,
+            forwarded: 7,
+            dropped: [1, 2, 3, 4, 0, 0],
+        };
         assert_eq!(meta, want);
         // The current layout round-trips, and is not mistaken for the old one.
         let mut current = want.clone();

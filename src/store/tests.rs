@@ -28,11 +28,20 @@ fn recs(ids: std::ops::Range<u64>, size: usize) -> Vec<Record> {
 }
 
 fn limits(max_bytes: u64, max_messages: u64, overflow: Overflow) -> QueueLimits {
-    QueueLimits { max_bytes, max_messages, overflow, ttl: None }
+    QueueLimits {
+        max_bytes,
+        max_messages,
+        overflow,
+        ttl: None,
+    }
 }
 
 fn topics(q: &Queue) -> Vec<String> {
-    q.read(0, usize::MAX).unwrap().into_iter().map(|e| e.record.topic).collect()
+    q.read(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.topic)
+        .collect()
 }
 
 fn seqs(q: &Queue) -> Vec<u64> {
@@ -41,7 +50,11 @@ fn seqs(q: &Queue) -> Vec<u64> {
 
 fn assert_invariant(q: &Queue) {
     let (d, t) = q.stats();
-    assert_eq!(t.received, t.forwarded + t.dropped_total() + d.messages, "invariant: {t:?} {d:?}");
+    assert_eq!(
+        t.received,
+        t.forwarded + t.dropped_total() + d.messages,
+        "invariant: {t:?} {d:?}"
+    );
 }
 
 /// The stored size of a record (the byte limits count encoded values).
@@ -81,7 +94,14 @@ fn append_read_ack_and_reopen_keep_order_counters_and_sequence() {
         assert_eq!(got.len(), 100);
         assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(got[5].record, recs[5]);
-        assert_eq!(q.read(got[10].seq, 3).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [got[10].seq, got[11].seq, got[12].seq]);
+        assert_eq!(
+            q.read(got[10].seq, 3)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [got[10].seq, got[11].seq, got[12].seq]
+        );
         let acked: Vec<u64> = got[..40].iter().map(|e| e.seq).collect();
         assert_eq!(q.ack(&acked).unwrap(), 40);
         assert_eq!(q.ack(&acked).unwrap(), 0, "acking twice counts once");
@@ -112,7 +132,11 @@ fn the_same_name_twice_is_the_same_queue_with_the_new_limits() {
     a.append(&recs(0..3, 1)).unwrap();
     let b = store.queue("l/in", limits(0, 2, Overflow::DropNew)).unwrap();
     assert_eq!(b.depth().messages, 3, "a second handle must see the same queue");
-    assert_eq!(a.limits(), limits(0, 2, Overflow::DropNew), "the first handle must see the new limits");
+    assert_eq!(
+        a.limits(),
+        limits(0, 2, Overflow::DropNew),
+        "the first handle must see the new limits"
+    );
     assert_eq!(b.append(&recs(3..4, 1)).unwrap().dropped_new, 1);
     assert_eq!(a.totals().dropped(DropReason::Overflow), 1);
     let mut names = store.queue_names();
@@ -129,17 +153,29 @@ fn many_reopens_never_reuse_a_sequence_number_and_keep_counters() {
     for round in 0..12u64 {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
-        assert_eq!((q.totals().received, q.totals().forwarded), (received, forwarded), "round {round}");
+        assert_eq!(
+            (q.totals().received, q.totals().forwarded),
+            (received, forwarded),
+            "round {round}"
+        );
         let n = rng.u64(1..60);
         q.append(&recs(0..n, rng.usize(0..50))).unwrap();
         received += n;
         let stored = seqs(&q);
         let fresh = &stored[stored.len() - n as usize..];
-        assert!(highest.is_none_or(|h| fresh[0] > h), "round {round}: sequence {} reused (highest so far {highest:?})", fresh[0]);
+        assert!(
+            highest.is_none_or(|h| fresh[0] > h),
+            "round {round}: sequence {} reused (highest so far {highest:?})",
+            fresh[0]
+        );
         highest = stored.last().copied();
         // Every third round empties the queue: an empty queue must not
         // start again at sequence 0 either.
-        let acked: Vec<u64> = if round % 3 == 2 { stored.clone() } else { stored.iter().copied().filter(|_| rng.bool()).collect() };
+        let acked: Vec<u64> = if round % 3 == 2 {
+            stored.clone()
+        } else {
+            stored.iter().copied().filter(|_| rng.bool()).collect()
+        };
         forwarded += q.ack(&acked).unwrap() as u64;
         assert_invariant(&q);
         if round % 2 == 0 {
@@ -178,7 +214,13 @@ fn block_with_a_byte_limit_refuses_the_tail_in_order() {
     let small = rec(9, 1, 0);
     assert!(size_of(&small) <= one / 2);
     assert_eq!(q.append(&[small]).unwrap().accepted, 1);
-    assert_eq!(q.totals(), Totals { received: 4, ..Totals::default() });
+    assert_eq!(
+        q.totals(),
+        Totals {
+            received: 4,
+            ..Totals::default()
+        }
+    );
     assert_invariant(&q);
 }
 
@@ -198,7 +240,13 @@ fn drop_new_counts_overflow_with_message_and_byte_limits() {
     let q = store.queue("bytes", limits(3 * one, 0, Overflow::DropNew)).unwrap();
     let out = q.append(&recs(0..5, 100)).unwrap();
     assert_eq!((out.accepted, out.dropped_new), (3, 2));
-    assert_eq!(q.depth(), Depth { messages: 3, bytes: 3 * one });
+    assert_eq!(
+        q.depth(),
+        Depth {
+            messages: 3,
+            bytes: 3 * one
+        }
+    );
     assert_eq!(topics(&q), ["t/0", "t/1", "t/2"]);
     assert_invariant(&q);
 }
@@ -210,7 +258,11 @@ fn drop_oldest_evicts_with_message_and_byte_limits() {
     let q = store.queue("count", limits(0, 3, Overflow::DropOldest)).unwrap();
     q.append(&recs(0..2, 1)).unwrap();
     let out = q.append(&recs(2..6, 1)).unwrap();
-    assert_eq!((out.accepted, out.evicted, out.dropped_new, out.refused), (4 - 1, 3, 0, 0), "{out:?}");
+    assert_eq!(
+        (out.accepted, out.evicted, out.dropped_new, out.refused),
+        (4 - 1, 3, 0, 0),
+        "{out:?}"
+    );
     assert_eq!(topics(&q), ["t/3", "t/4", "t/5"]);
     assert_eq!(q.totals().dropped(DropReason::Overflow), 3);
     assert_invariant(&q);
@@ -224,7 +276,13 @@ fn drop_oldest_evicts_with_message_and_byte_limits() {
     let out = q.append(&recs(5..10, 100)).unwrap();
     assert_eq!(out.accepted, 3, "{out:?}");
     assert_eq!(topics(&q), ["t/7", "t/8", "t/9"]);
-    assert_eq!(q.depth(), Depth { messages: 3, bytes: 3 * one });
+    assert_eq!(
+        q.depth(),
+        Depth {
+            messages: 3,
+            bytes: 3 * one
+        }
+    );
     assert_eq!(q.totals().dropped(DropReason::Overflow), 7);
     // One large record evicts as many small ones as it needs.
     let big = rec(10, 250, 0);
@@ -239,13 +297,24 @@ fn drop_oldest_evicts_with_message_and_byte_limits() {
 fn too_large_records_are_dropped_and_counted_under_every_policy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    for (i, overflow) in [Overflow::Block, Overflow::DropNew, Overflow::DropOldest].into_iter().enumerate() {
+    for (i, overflow) in [Overflow::Block, Overflow::DropNew, Overflow::DropOldest]
+        .into_iter()
+        .enumerate()
+    {
         let q = store.queue(&format!("q{i}"), limits(200, 0, overflow)).unwrap();
         q.append(&[rec(0, 10, 0)]).unwrap();
         let out = q.append(&[rec(1, 1000, 0), rec(2, 10, 0)]).unwrap();
-        assert_eq!((out.accepted, out.dropped_new, out.refused, out.evicted), (1, 1, 0, 0), "{overflow:?}");
+        assert_eq!(
+            (out.accepted, out.dropped_new, out.refused, out.evicted),
+            (1, 1, 0, 0),
+            "{overflow:?}"
+        );
         assert_eq!(q.totals().dropped(DropReason::TooLarge), 1, "{overflow:?}");
-        assert_eq!(topics(&q), ["t/0", "t/2"], "{overflow:?}: a too-large record must not evict others");
+        assert_eq!(
+            topics(&q),
+            ["t/0", "t/2"],
+            "{overflow:?}: a too-large record must not evict others"
+        );
         assert_invariant(&q);
     }
 }
@@ -255,9 +324,13 @@ fn expire_drops_old_head_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
-    q.append(&[rec(0, 1, 1_000), rec(1, 1, 2_000), rec(2, 1, 50_000)]).unwrap();
+    q.append(&[rec(0, 1, 1_000), rec(1, 1, 2_000), rec(2, 1, 50_000)])
+        .unwrap();
     assert_eq!(q.expire(1_000_000).unwrap(), 0, "without a TTL nothing expires");
-    q.set_limits(QueueLimits { ttl: Some(Duration::from_secs(10)), ..QueueLimits::UNBOUNDED });
+    q.set_limits(QueueLimits {
+        ttl: Some(Duration::from_secs(10)),
+        ..QueueLimits::UNBOUNDED
+    });
     assert_eq!(q.oldest_received_at_ms(), Some(1_000));
     assert_eq!(q.expire(10_999).unwrap(), 0, "received_at + ttl > now: kept");
     assert_eq!(q.expire(12_000).unwrap(), 2);
@@ -273,10 +346,20 @@ fn drop_entries_counts_the_reason_and_ignores_missing_entries() {
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     q.append(&recs(0..4, 3)).unwrap();
     let s = seqs(&q);
-    assert_eq!(q.drop_entries(&[s[1], s[1], s[3] + 100], DropReason::Rejected).unwrap(), 1);
-    assert_eq!(q.ack(&[s[1], s[0]]).unwrap(), 1, "an entry dropped meanwhile is not acked");
+    assert_eq!(
+        q.drop_entries(&[s[1], s[1], s[3] + 100], DropReason::Rejected).unwrap(),
+        1
+    );
+    assert_eq!(
+        q.ack(&[s[1], s[0]]).unwrap(),
+        1,
+        "an entry dropped meanwhile is not acked"
+    );
     let t = q.totals();
-    assert_eq!((t.forwarded, t.dropped(DropReason::Rejected), t.dropped_total()), (1, 1, 1));
+    assert_eq!(
+        (t.forwarded, t.dropped(DropReason::Rejected), t.dropped_total()),
+        (1, 1, 1)
+    );
     assert_eq!(topics(&q), ["t/2", "t/3"]);
     assert_eq!(q.drop_entries(&[], DropReason::Rejected).unwrap(), 0);
     assert_invariant(&q);
@@ -291,12 +374,18 @@ fn waiters_are_notified_of_appends_and_freed_space() {
     q.append(&recs(0..1, 1)).unwrap();
     assert!(take_permit(q.appended()), "an append that stored a record must notify");
     assert_eq!(q.append(&recs(1..2, 1)).unwrap().refused, 1);
-    assert!(!take_permit(q.appended()), "an append that stored nothing must not notify");
+    assert!(
+        !take_permit(q.appended()),
+        "an append that stored nothing must not notify"
+    );
     assert!(!take_permit(q.space_freed()));
     q.ack(&seqs(&q)).unwrap();
     assert!(take_permit(q.space_freed()), "an ack that removed a record must notify");
     assert_eq!(q.ack(&[12345]).unwrap(), 0);
-    assert!(!take_permit(q.space_freed()), "an ack that removed nothing must not notify");
+    assert!(
+        !take_permit(q.space_freed()),
+        "an ack that removed nothing must not notify"
+    );
 }
 
 #[test]
@@ -329,22 +418,39 @@ fn missing_counters_are_rebuilt_from_the_records() {
         q.ack(&s[..3]).unwrap();
         let bytes = q.depth().bytes;
         // Remove the meta entry (key: nine 0xff bytes) behind the queue's back.
-        store.inner.db.open_tree("queue/q").unwrap().remove([0xffu8; 9]).unwrap();
+        store
+            .inner
+            .db
+            .open_tree("queue/q")
+            .unwrap()
+            .remove([0xffu8; 9])
+            .unwrap();
         store.flush().unwrap();
         (s[9], bytes)
     };
     // The ledger knows 10 were received; 7 are left: that is damage.
-    let err = Store::open(dir.path()).err().expect("lost counters must be reported against the ledger");
+    let err = Store::open(dir.path())
+        .err()
+        .expect("lost counters must be reported against the ledger");
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
     // Without a ledger the counters are rebuilt from what is there.
     std::fs::remove_file(dir.path().join("ledger")).unwrap();
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     assert_eq!(q.depth(), Depth { messages: 7, bytes });
-    assert_eq!(q.totals(), Totals { received: 7, ..Totals::default() });
+    assert_eq!(
+        q.totals(),
+        Totals {
+            received: 7,
+            ..Totals::default()
+        }
+    );
     assert_invariant(&q);
     q.append(&recs(10..11, 7)).unwrap();
-    assert!(*seqs(&q).last().unwrap() > last, "a sequence number was reused after a rebuild");
+    assert!(
+        *seqs(&q).last().unwrap() > last,
+        "a sequence number was reused after a rebuild"
+    );
 }
 
 #[test]
@@ -354,7 +460,10 @@ fn a_second_open_of_the_same_data_dir_is_refused_with_a_clear_error() {
     let err = open_fast(dir.path()).err().expect("second open must fail");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("another ferry") && text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(
+        text.contains("another ferry") && text.contains(&dir.path().display().to_string()),
+        "{text}"
+    );
     assert!(!err.is_disk_full());
     drop(store);
     // Closed: the directory can be opened again (sled may take a moment to
@@ -383,7 +492,12 @@ fn a_data_dir_used_by_another_process_is_refused() {
     // This test binary, running only the helper above.
     let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", &format!("{module}::helper_process_that_holds_a_store_open"), "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &format!("{module}::helper_process_that_holds_a_store_open"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HOLD_ENV, dir.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -399,8 +513,13 @@ fn a_data_dir_used_by_another_process_is_refused() {
             _ => break false,
         }
     };
-    assert!(holding, "the helper process did not open the store; its output: {seen:?}");
-    let err = open_fast(dir.path()).err().expect("a store held by another process must not open");
+    assert!(
+        holding,
+        "the helper process did not open the store; its output: {seen:?}"
+    );
+    let err = open_fast(dir.path())
+        .err()
+        .expect("a store held by another process must not open");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert!(err.to_string().contains("in use by another process"), "{err}");
     drop(child.stdin.take()); // the helper exits
@@ -414,23 +533,41 @@ fn errors_say_what_where_and_what_to_do() {
     let full = StoreError::from_sled(path, sled::Error::Io(std::io::Error::from_raw_os_error(28)));
     assert!(full.is_disk_full(), "{full:?}");
     let text = full.to_string();
-    assert!(text.starts_with("/var/lib/ferry/store: write failed") && text.contains("disk is full"), "{text}");
+    assert!(
+        text.starts_with("/var/lib/ferry/store: write failed") && text.contains("disk is full"),
+        "{text}"
+    );
     // sled re-creates errors from its background threads as plain text.
     let relayed = std::io::Error::other("No space left on device (os error 28), code: 28");
-    assert!(StoreError::Io { path: path.into(), source: relayed }.is_disk_full());
+    assert!(StoreError::Io {
+        path: path.into(),
+        source: relayed
+    }
+    .is_disk_full());
 
     let denied = StoreError::from_sled(path, sled::Error::Io(std::io::Error::from_raw_os_error(13)));
     assert!(!denied.is_disk_full());
-    assert!(denied.to_string().starts_with("/var/lib/ferry/store: write failed: "), "{denied}");
+    assert!(
+        denied.to_string().starts_with("/var/lib/ferry/store: write failed: "),
+        "{denied}"
+    );
 
-    let locked = StoreError::from_sled(path, sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")));
+    let locked = StoreError::from_sled(
+        path,
+        sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")),
+    );
     assert_eq!(
         locked.to_string(),
         "/var/lib/ferry/store: the store is in use by another process (is another ferry running with this data_dir?)"
     );
     let damaged = StoreError::from_sled(path, sled::Error::Corruption { at: None, bt: () });
     assert!(matches!(damaged, StoreError::Damaged { .. }), "{damaged:?}");
-    assert!(damaged.to_string().contains("mv /var/lib/ferry/store /var/lib/ferry/store.damaged"), "{damaged}");
+    assert!(
+        damaged
+            .to_string()
+            .contains("mv /var/lib/ferry/store /var/lib/ferry/store.damaged"),
+        "{damaged}"
+    );
     let unreadable = StoreError::from_sled_at_open(path, sled::Error::Unsupported("bad conf".into()));
     assert!(matches!(unreadable, StoreError::Damaged { .. }), "{unreadable:?}");
 }
@@ -440,7 +577,11 @@ fn a_damaged_sled_conf_file_is_reported_as_damaged() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        store.queue("q", QueueLimits::UNBOUNDED).unwrap().append(&recs(0..3, 1)).unwrap();
+        store
+            .queue("q", QueueLimits::UNBOUNDED)
+            .unwrap()
+            .append(&recs(0..3, 1))
+            .unwrap();
         store.flush().unwrap();
     }
     let conf = dir.path().join("store").join("conf");
@@ -589,7 +730,10 @@ fn run_model(seed: u64, steps: usize) {
     };
     let mut store = Some(Store::open(dir.path()).unwrap());
     let mut q = store.as_ref().unwrap().queue("m", lim).unwrap();
-    let mut model = Model { entries: VecDeque::new(), totals: Totals::default() };
+    let mut model = Model {
+        entries: VecDeque::new(),
+        totals: Totals::default(),
+    };
     // Every sequence number the store ever handed out is below this.
     let mut next_unused = 0u64;
     let mut clock = 0u64;
@@ -605,7 +749,11 @@ fn run_model(seed: u64, steps: usize) {
                     .map(|_| {
                         next_id += 1;
                         // Mostly small, sometimes larger than the 1,500-byte limit.
-                        let size = if rng.u8(0..20) == 0 { rng.usize(1_400..1_700) } else { rng.usize(0..300) };
+                        let size = if rng.u8(0..20) == 0 {
+                            rng.usize(1_400..1_700)
+                        } else {
+                            rng.usize(0..300)
+                        };
                         rec(next_id, size, clock)
                     })
                     .collect();
@@ -618,7 +766,11 @@ fn run_model(seed: u64, steps: usize) {
                 assert_eq!(stored.len(), model.entries.len(), "{ctx}");
                 for (m, e) in model.entries.iter_mut().zip(&stored) {
                     if m.0 == NEW {
-                        assert!(e.seq >= next_unused, "{ctx}: sequence {} reused (next unused {next_unused})", e.seq);
+                        assert!(
+                            e.seq >= next_unused,
+                            "{ctx}: sequence {} reused (next unused {next_unused})",
+                            e.seq
+                        );
                         m.0 = e.seq;
                     }
                 }
@@ -629,9 +781,18 @@ fn run_model(seed: u64, steps: usize) {
             400..=599 => {
                 // Read a window from the cursor, as the drainer does.
                 let got = q.read(cursor, rng.usize(1..10)).unwrap();
-                let expect: Vec<u64> =
-                    model.entries.iter().map(|e| e.0).filter(|s| *s >= cursor).take(got.len()).collect();
-                assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expect, "{ctx}: read window");
+                let expect: Vec<u64> = model
+                    .entries
+                    .iter()
+                    .map(|e| e.0)
+                    .filter(|s| *s >= cursor)
+                    .take(got.len())
+                    .collect();
+                assert_eq!(
+                    got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                    expect,
+                    "{ctx}: read window"
+                );
                 if let Some(last) = got.last() {
                     cursor = last.seq + 1;
                 }
@@ -696,16 +857,32 @@ fn run_model(seed: u64, steps: usize) {
             }
         }
         // Contents, counters and the invariant after every step.
-        let stored: Vec<(u64, Record)> = q.read(0, usize::MAX).unwrap().into_iter().map(|e| (e.seq, e.record)).collect();
+        let stored: Vec<(u64, Record)> = q
+            .read(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.record))
+            .collect();
         let expected: Vec<(u64, Record)> = model.entries.iter().map(|e| (e.0, e.1.clone())).collect();
         assert_eq!(stored, expected, "{ctx}: contents");
         let (d, t) = q.stats();
         assert_eq!(t, model.totals, "{ctx}: totals");
-        assert_eq!(d, Depth { messages: model.entries.len() as u64, bytes: model.bytes() }, "{ctx}: depth");
+        assert_eq!(
+            d,
+            Depth {
+                messages: model.entries.len() as u64,
+                bytes: model.bytes()
+            },
+            "{ctx}: depth"
+        );
         assert_eq!((q.depth(), q.totals()), (d, t), "{ctx}: stats vs depth/totals");
         assert_invariant(&q);
         assert_eq!(q.first_seq(), model.entries.front().map(|e| e.0), "{ctx}: first_seq");
-        assert_eq!(q.oldest_received_at_ms(), model.entries.front().map(|e| e.1.received_at_ms), "{ctx}: oldest");
+        assert_eq!(
+            q.oldest_received_at_ms(),
+            model.entries.front().map(|e| e.1.received_at_ms),
+            "{ctx}: oldest"
+        );
         assert_eq!(q.has_space(), !model.full_for(&lim, 0), "{ctx}: has_space");
     }
 }
@@ -721,7 +898,12 @@ fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
     }
     let db = dir.path().join("store").join("db");
     let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let err = Store::open(dir.path()).err().expect("a damaged store must not open");
     let text = err.to_string();
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
@@ -730,7 +912,10 @@ fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
     let aside = quarantine(dir.path()).unwrap();
     assert!(aside.join("db").exists() && aside.join("ledger").exists());
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.queue("l/out", QueueLimits::UNBOUNDED).unwrap().depth().messages, 0);
+    assert_eq!(
+        store.queue("l/out", QueueLimits::UNBOUNDED).unwrap().depth().messages,
+        0
+    );
 }
 
 #[test]
@@ -755,7 +940,11 @@ fn open_existing_neither_creates_a_store_nor_waits_for_a_lock() {
     let started = std::time::Instant::now();
     let err = Store::open_existing(dir.path()).err().expect("the store is in use");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} for the lock", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} for the lock",
+        started.elapsed()
+    );
     drop(store);
 }
 
@@ -780,7 +969,10 @@ fn scan_streams_in_order_reports_damage_and_changes_nothing() {
     assert_eq!(scanned[0].size, size_of(&rec(0, 5, 10)));
     assert_eq!(q.scan(s[2]).count(), 1, "scan starts at from_seq");
     assert_eq!(q.stats(), before, "scan changed the queue");
-    assert_eq!((q.oldest_received_at_ms(), q.newest_received_at_ms()), (Some(10), Some(30)));
+    assert_eq!(
+        (q.oldest_received_at_ms(), q.newest_received_at_ms()),
+        (Some(10), Some(30))
+    );
 }
 
 #[test]
@@ -801,7 +993,15 @@ fn purge_removes_everything_counted_as_purged_and_survives_reopen() {
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     let t = q.totals();
-    assert_eq!((t.received, t.forwarded, t.dropped(DropReason::Purged), t.dropped_total()), (25_000, 100, 24_900, 24_900));
+    assert_eq!(
+        (
+            t.received,
+            t.forwarded,
+            t.dropped(DropReason::Purged),
+            t.dropped_total()
+        ),
+        (25_000, 100, 24_900, 24_900)
+    );
     assert_invariant(&q);
     q.append(&recs(0..1, 3)).unwrap();
     assert!(seqs(&q)[0] >= 25_000, "a sequence number was reused after a purge");

@@ -59,8 +59,7 @@ impl Broker {
             child: Mutex::new(None),
         };
         let data_dir = broker.data_dir();
-        fs::create_dir_all(&data_dir)
-            .unwrap_or_else(|e| panic!("Broker: cannot create {}: {e}", data_dir.display()));
+        fs::create_dir_all(&data_dir).unwrap_or_else(|e| panic!("Broker: cannot create {}: {e}", data_dir.display()));
         // Another process may grab the port between free_port() and mosquitto's
         // bind: then try another port.
         let mut last_error = String::new();
@@ -150,13 +149,8 @@ impl Broker {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match self.spawn_and_wait(remaining.max(Duration::from_secs(1))) {
                 Ok(()) => return,
-                Err(e) if e.port_taken && Instant::now() < deadline => {
-                    sleep(Duration::from_millis(100))
-                }
-                Err(e) => panic!(
-                    "Broker: restart on port {} failed: {}",
-                    self.port, e.message
-                ),
+                Err(e) if e.port_taken && Instant::now() < deadline => sleep(Duration::from_millis(100)),
+                Err(e) => panic!("Broker: restart on port {} failed: {}", self.port, e.message),
             }
         }
     }
@@ -229,9 +223,7 @@ impl Broker {
 
     fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         // A panic while the lock was held leaves the Option intact: use it anyway.
-        self.child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -255,8 +247,7 @@ impl Broker {
         text.push_str(&self.extra_config);
         text.push('\n');
         let path = self.config_path();
-        fs::write(&path, text)
-            .unwrap_or_else(|e| panic!("Broker: cannot write {}: {e}", path.display()));
+        fs::write(&path, text).unwrap_or_else(|e| panic!("Broker: cannot write {}: {e}", path.display()));
     }
 
     /// Spawns mosquitto and waits until its port accepts TCP, it exits, or `timeout`.
@@ -291,10 +282,7 @@ impl Broker {
                 );
                 return Err(StartError {
                     port_taken: new_output.contains("Address already in use"),
-                    message: format!(
-                        "mosquitto exited with {status} on port {}:\n{new_output}",
-                        self.port
-                    ),
+                    message: format!("mosquitto exited with {status} on port {}:\n{new_output}", self.port),
                 });
             }
             if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
@@ -356,9 +344,7 @@ pub fn mosquitto_bin() -> PathBuf {
             PathBuf::from("/usr/local/sbin/mosquitto"),
         ])
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("mosquitto not found (PATH, /usr/sbin): run scripts/test, which installs it")
-        })
+        .unwrap_or_else(|| panic!("mosquitto not found (PATH, /usr/sbin): run scripts/test, which installs it"))
 }
 
 /// Sends SIGTERM through the shell's `kill` builtin (std has no way to send

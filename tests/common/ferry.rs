@@ -40,8 +40,7 @@ pub fn ferry_bin_if_available() -> Option<PathBuf> {
 
 /// The ferry binary; panics when it is not known (see [`ferry_bin_if_available`]).
 pub fn ferry_bin() -> PathBuf {
-    ferry_bin_if_available()
-        .unwrap_or_else(|| panic!("ferry binary unknown: not built by cargo and FERRY_BIN unset"))
+    ferry_bin_if_available().unwrap_or_else(|| panic!("ferry binary unknown: not built by cargo and FERRY_BIN unset"))
 }
 
 /// Runs `ferry <args>` to completion (for CLI tests such as `ferry check`).
@@ -90,10 +89,7 @@ impl Ferry {
             .unwrap_or_else(|e| panic!("Ferry: cannot create a temp dir: {e}"));
         let mut ferry = Ferry {
             dir,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             metrics_addr: None,
             child: Mutex::new(None),
             starts: 0,
@@ -142,10 +138,7 @@ impl Ferry {
     /// if ferry is still running after 20 s or was not running.
     pub fn terminate(&mut self) -> ExitStatus {
         let Some(mut child) = self.lock_child().take() else {
-            panic!(
-                "Ferry::terminate: ferry is not running\n{}",
-                self.log_tail(40)
-            );
+            panic!("Ferry::terminate: ferry is not running\n{}", self.log_tail(40));
         };
         send_sigterm(child.id());
         let deadline = Instant::now() + TERMINATE_TIMEOUT;
@@ -156,10 +149,7 @@ impl Ferry {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
-                        "Ferry: still running 20 s after SIGTERM\n{}",
-                        self.log_tail(60)
-                    );
+                    panic!("Ferry: still running 20 s after SIGTERM\n{}", self.log_tail(60));
                 }
             }
         }
@@ -197,10 +187,7 @@ impl Ferry {
 
     /// Waits until the log contains `needle`; false after `timeout`.
     pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        super::wait_until(timeout, Duration::from_millis(50), || {
-            self.log().contains(needle)
-        })
-        .await
+        super::wait_until(timeout, Duration::from_millis(50), || self.log().contains(needle)).await
     }
 
     /// Scrapes `/metrics`; panics (with ferry's log) when that fails.
@@ -211,9 +198,7 @@ impl Ferry {
 
     /// Scrapes `/metrics` over a plain TCP connection and parses the text.
     pub fn try_scrape(&self) -> Result<Metrics, String> {
-        let addr = self
-            .metrics_addr
-            .ok_or("the config has no [metrics] listen address")?;
+        let addr = self.metrics_addr.ok_or("the config has no [metrics] listen address")?;
         let body = http_get(addr, "/metrics")?;
         Metrics::parse(&body)
     }
@@ -266,16 +251,13 @@ impl Ferry {
 
     fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         // A panic while the lock was held leaves the Option intact: use it anyway.
-        self.child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces the config file (the running ferry reads it on reload).
     pub fn write_config(&mut self, config_toml: &str) {
         let path = self.config_path();
-        fs::write(&path, config_toml)
-            .unwrap_or_else(|e| panic!("Ferry: cannot write {}: {e}", path.display()));
+        fs::write(&path, config_toml).unwrap_or_else(|e| panic!("Ferry: cannot write {}: {e}", path.display()));
         self.metrics_addr = metrics_listen_addr(config_toml);
     }
 
@@ -354,8 +336,8 @@ fn metrics_listen_addr(config_toml: &str) -> Option<SocketAddr> {
 
 /// A minimal HTTP/1.0 GET: enough for a Prometheus endpoint on loopback.
 fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
     let io_timeout = Some(Duration::from_secs(5));
     stream
         .set_read_timeout(io_timeout)
@@ -411,8 +393,7 @@ fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {
             .ok_or("chunk size line not terminated")?;
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|e| format!("bad chunk size {size_text:?}: {e}"))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|e| format!("bad chunk size {size_text:?}: {e}"))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(body);

@@ -27,11 +27,7 @@ impl Sample {
         if self.labels.is_empty() {
             return self.name.clone();
         }
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
+        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
         format!("{}{{{}}}", self.name, labels.join(","))
     }
 }
@@ -58,8 +54,7 @@ impl Metrics {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let sample = parse_sample(line)
-                .map_err(|e| format!("metrics line {}: {e}: {line}", index + 1))?;
+            let sample = parse_sample(line).map_err(|e| format!("metrics line {}: {e}: {line}", index + 1))?;
             metrics.values.insert(sample.key(), sample.value);
             metrics.samples.push(sample);
         }
@@ -105,9 +100,7 @@ impl Metrics {
 }
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .ok_or("no value")?;
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).ok_or("no value")?;
     let name = line[..name_end].to_string();
     if name.is_empty() {
         return Err("no metric name".into());
@@ -121,11 +114,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     }
     let value_text = rest.split_whitespace().next().ok_or("no value")?;
     let value = parse_value(value_text)?;
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
+    Ok(Sample { name, labels, value })
 }
 
 type Labels = Vec<(String, String)>;
@@ -168,8 +157,6 @@ fn parse_value(text: &str) -> Result<f64, String> {
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => text
-            .parse::<f64>()
-            .map_err(|e| format!("bad value {text:?}: {e}")),
+        _ => text.parse::<f64>().map_err(|e| format!("bad value {text:?}: {e}")),
     }
 }

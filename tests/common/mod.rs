@@ -49,14 +49,14 @@ pub use broker::{Broker, MAX_INFLIGHT};
 pub use ferry::{ferry_bin, ferry_bin_if_available, run_ferry, scrape_addr, Ferry};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
-    check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload,
-    seq_payload_intact, Collector, OrderReport, PublishReport, Received,
+    check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload, seq_payload_intact,
+    Collector, OrderReport, PublishReport, Received,
 };
 pub use ports::free_port;
 pub use proxy::SilentProxy;
+pub use rumqttc::v5::mqttbytes::QoS;
 pub use smallfs::SmallFs;
 pub use topology::{down_topic, Topology, LONG};
-pub use rumqttc::v5::mqttbytes::QoS;
 pub use wait::{wait_until, wait_until_async};
 
 /// The last `lines` lines of a text file, or a note saying why there are none.

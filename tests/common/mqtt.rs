@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{
-    Packet, PubAckReason, PubCompReason, PubRecReason, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubCompReason, PubRecReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -61,8 +59,7 @@ pub fn seq_payload(seq: u64, size: usize) -> Vec<u8> {
 
 /// The sequence number in a [`seq_payload`]; panics on a payload shorter than 8 bytes.
 pub fn payload_seq(payload: &[u8]) -> u64 {
-    try_payload_seq(payload)
-        .unwrap_or_else(|| panic!("payload of {} bytes carries no seq", payload.len()))
+    try_payload_seq(payload).unwrap_or_else(|| panic!("payload of {} bytes carries no seq", payload.len()))
 }
 
 /// True when `payload` is exactly what [`seq_payload`] made for its seq and length.
@@ -121,15 +118,7 @@ pub async fn publish_n(
 
 /// Publishes one message (e.g. a retained one) and waits for its acknowledgement.
 pub async fn publish_one(addr: SocketAddr, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
-    publish_all(
-        addr,
-        1,
-        qos,
-        retain,
-        |_| topic.to_string(),
-        |_| payload.to_vec(),
-    )
-    .await;
+    publish_all(addr, 1, qos, retain, |_| topic.to_string(), |_| payload.to_vec()).await;
 }
 
 async fn publish_all(
@@ -168,10 +157,7 @@ async fn publish_all(
                     }
                     None => break,
                 };
-                if client
-                    .try_publish(topic_fn(seq), qos, retain, payload_fn(seq))
-                    .is_err()
-                {
+                if client.try_publish(topic_fn(seq), qos, retain, payload_fn(seq)).is_err() {
                     resend.insert(seq);
                     break;
                 }
@@ -200,26 +186,14 @@ async fn publish_all(
                     None
                 }
                 Event::Incoming(Packet::PubAck(ack)) => {
-                    if !matches!(
-                        ack.reason,
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                    ) {
-                        panic!(
-                            "publish_n to {addr}: broker rejected a publish: {:?}",
-                            ack.reason
-                        );
+                    if !matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) {
+                        panic!("publish_n to {addr}: broker rejected a publish: {:?}", ack.reason);
                     }
                     Some(ack.pkid)
                 }
                 Event::Incoming(Packet::PubRec(rec)) => {
-                    if !matches!(
-                        rec.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    ) {
-                        panic!(
-                            "publish_n to {addr}: broker rejected a publish: {:?}",
-                            rec.reason
-                        );
+                    if !matches!(rec.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) {
+                        panic!("publish_n to {addr}: broker rejected a publish: {:?}", rec.reason);
                     }
                     None
                 }
@@ -390,10 +364,7 @@ impl Collector {
 
     /// Waits until at least `n` distinct (topic, seq) messages arrived.
     pub async fn wait_distinct(&self, n: usize, timeout: Duration) -> bool {
-        wait_until(timeout, Duration::from_millis(20), || {
-            self.distinct_count() >= n
-        })
-        .await
+        wait_until(timeout, Duration::from_millis(20), || self.distinct_count() >= n).await
     }
 
     /// A copy of everything received, in arrival order.
@@ -403,11 +374,7 @@ impl Collector {
 
     /// The seqs received, on any topic.
     pub fn distinct_seqs(&self) -> BTreeSet<u64> {
-        self.lock()
-            .messages
-            .iter()
-            .filter_map(Received::seq)
-            .collect()
+        self.lock().messages.iter().filter_map(Received::seq).collect()
     }
 
     /// Forgets what was received so far.
@@ -453,19 +420,14 @@ impl Collector {
         let _ = self.client.disconnect().await;
         if let Some(task) = self.task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 abort.abort();
             }
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, CollectorState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -484,11 +446,7 @@ async fn run_collector(
     qos: QoS,
     state: Arc<Mutex<CollectorState>>,
 ) {
-    let lock = || {
-        state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
+    let lock = || state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
@@ -633,9 +591,7 @@ fn check_sequence(messages: &[Received], n: u64, per_topic: bool) -> Result<Orde
             Some(&highest) if seq < highest => {
                 note(
                     &mut problems,
-                    format!(
-                        "message #{index} on {topic:?}: seq {seq} first seen after seq {highest}"
-                    ),
+                    format!("message #{index} on {topic:?}: seq {seq} first seen after seq {highest}"),
                 );
             }
             _ => {

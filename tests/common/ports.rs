@@ -47,11 +47,7 @@ pub fn free_port() -> u16 {
 fn pool() -> (u32, u32) {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|text| {
-            text.split_whitespace()
-                .next()
-                .and_then(|s| s.parse::<u32>().ok())
-        })
+        .and_then(|text| text.split_whitespace().next().and_then(|s| s.parse::<u32>().ok()))
         .unwrap_or(32768);
     let high = ephemeral_low.clamp(1024 + POOL_SIZE, 65535);
     (high - POOL_SIZE, high)

@@ -107,9 +107,7 @@ impl SilentProxy {
     }
 
     fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -138,9 +136,7 @@ async fn accept_loop(
         };
         accepted.fetch_add(1, Ordering::SeqCst);
         let task = tokio::spawn(forward(client, target, silent.clone()));
-        let mut connections = connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut connections = connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         connections.retain(|c| !c.is_finished());
         connections.push(task.abort_handle());
     }

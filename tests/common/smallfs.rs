@@ -47,7 +47,11 @@ impl SmallFs {
 
 /// Free bytes on the filesystem of `dir` (via `df`, to stay dependency-free).
 pub fn free_bytes(dir: &Path) -> Option<u64> {
-    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().ok()?;
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
 }
 

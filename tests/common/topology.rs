@@ -81,7 +81,14 @@ impl Topology {
     /// `size` bytes); returns once ferry has all of them queued.
     pub async fn queue_backlog(&mut self, ferry: &Ferry, i: usize, n: u64, size: usize) {
         self.edges[i].stop();
-        publish_n(self.hub.addr(), move |_| down_topic(i), n, QoS::AtLeastOnce, move |s| seq_payload(s, size)).await;
+        publish_n(
+            self.hub.addr(),
+            move |_| down_topic(i),
+            n,
+            QoS::AtLeastOnce,
+            move |s| seq_payload(s, size),
+        )
+        .await;
         self.wait_queued(ferry, i, n).await;
     }
 
@@ -91,7 +98,12 @@ impl Topology {
     pub async fn wait_queued(&self, ferry: &Ferry, i: usize, n: u64) {
         let link = format!("edge{i}");
         ferry
-            .wait_metric("ferry_queue_messages", &[("link", &link), ("direction", "out")], |v| v >= n as f64, LONG)
+            .wait_metric(
+                "ferry_queue_messages",
+                &[("link", &link), ("direction", "out")],
+                |v| v >= n as f64,
+                LONG,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }

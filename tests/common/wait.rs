@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 /// Polls `condition` every `poll_interval` until it is true (returns true) or
 /// `timeout` has passed (returns false). The condition is checked once more at
 /// the deadline, so a slow poll never turns a success into a failure.
-pub async fn wait_until(
-    timeout: Duration,
-    poll_interval: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> bool {
+pub async fn wait_until(timeout: Duration, poll_interval: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -19,17 +15,12 @@ pub async fn wait_until(
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(poll_interval.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+        tokio::time::sleep(poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
 
 /// Like [`wait_until`], for a condition that has to await something itself.
-pub async fn wait_until_async<F, Fut>(
-    timeout: Duration,
-    poll_interval: Duration,
-    mut condition: F,
-) -> bool
+pub async fn wait_until_async<F, Fut>(timeout: Duration, poll_interval: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -42,7 +33,6 @@ where
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(poll_interval.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+        tokio::time::sleep(poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
