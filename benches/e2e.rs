@@ -186,6 +186,16 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "e2e: mosquitto on port {} did not start",
+            self.port
+        );
+    }
+
+    /// Starts mosquitto with this broker's config, without waiting for it.
+    fn launch(&mut self) {
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -195,11 +205,6 @@ impl Broker {
             .spawn()
             .expect("e2e: cannot run mosquitto (install it: apt-get install mosquitto)");
         self.child = Some(child);
-        assert!(
-            wait_port(self.port, Duration::from_secs(10)),
-            "e2e: mosquitto on port {} did not start",
-            self.port
-        );
     }
 
     fn addr(&self) -> String {
@@ -221,15 +226,7 @@ impl Broker {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let child = Command::new(mosquitto_bin())
-                .arg("-c")
-                .arg(self.dir.path().join("mosquitto.conf"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("e2e: cannot run mosquitto");
-            self.child = Some(child);
+            self.launch();
             if wait_port(self.port, Duration::from_secs(5)) {
                 return;
             }
