@@ -4,19 +4,15 @@
 //! came from, and leaves the disk only after the broker it goes to
 //! acknowledged it. See docs/architecture.md for the delivery chain.
 
-pub mod admin;
-pub mod admin_client;
 pub mod backoff;
+pub mod bridge;
+pub mod cli;
 pub mod config;
-pub mod control;
+pub mod daemon;
 pub mod fault;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod human;
 pub mod link;
 pub mod metrics;
-pub mod queue_tools;
-pub mod run;
-pub mod shutdown;
 pub mod store;
 pub mod topic;

@@ -17,9 +17,6 @@
 //! is what the admin API shows of it; `state_topic` publishes its state on
 //! the hub.
 
-pub mod connection;
-pub mod drain;
-pub mod ingest;
 pub mod state_topic;
 pub mod status;
 pub mod supervisor;
@@ -31,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{connection, drain, ingest};
 use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
 

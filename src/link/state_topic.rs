@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::metrics::now_ms;
 
-use super::connection::{self, ConnEvent, Role, Side};
 use super::status::LinkStatus;
+use crate::bridge::connection::{self, ConnEvent, Role, Side};
 
 /// How often the state is compared with what was last published.
 const CHECK_EVERY: Duration = Duration::from_secs(1);

@@ -13,7 +13,7 @@ use crate::config::Direction;
 use crate::metrics::now_ms;
 use crate::store::Queue;
 
-use super::connection::{Role, Side};
+use crate::bridge::connection::{Role, Side};
 
 /// What the operator asked the link to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::metrics as m;
 
-use super::status::ConnStatus;
+use crate::link::status::ConnStatus;
 
 /// Which broker a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

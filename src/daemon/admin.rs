@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{CommandError, Control};
+use crate::daemon::control::{CommandError, Control};
 use crate::link::supervisor::Command;
 
 /// How long `POST /v1/reload` waits for the run loop (which may be waiting

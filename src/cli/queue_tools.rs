@@ -23,8 +23,8 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::json;
 
+use crate::cli::render::{format_age, format_bytes, render_table, rfc3339};
 use crate::config::{Config, Direction};
-use crate::human::{format_age, format_bytes, render_table, rfc3339};
 use crate::link::queue_name;
 use crate::metrics::now_ms;
 use crate::store::{DropReason, Properties, Queue, QueueLimits, Record, Scanned, Store, StoreError};

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::render::{format_age, format_bytes, render_table};
 use crate::config::Config;
-use crate::human::{format_age, format_bytes, render_table};
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {

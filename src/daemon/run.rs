@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, HubConfig, LinkConfig};
-use crate::control::{plan_reload, Control, LinkHandle, ReloadReport, ReloadRequest};
+use crate::daemon::control::{plan_reload, Control, LinkHandle, ReloadReport, ReloadRequest};
 use crate::link::supervisor::{supervise, Supervised};
 use crate::store::{QueueLimits, Store};
 
@@ -31,13 +31,13 @@ const REOPEN_MIN_FREE_BYTES: u64 = 8 * 1024 * 1024;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::metrics::install(config.metrics.listen)?;
     let shutdown = CancellationToken::new();
-    crate::shutdown::cancel_on_signal(shutdown.clone()).context("cannot install signal handlers")?;
+    crate::daemon::signals::cancel_on_signal(shutdown.clone()).context("cannot install signal handlers")?;
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let control = Control::new(&config, reload_tx.clone());
     if let Some(addr) = config.admin.listen {
-        crate::admin::serve(addr, control.clone(), shutdown.clone()).await?;
+        crate::daemon::admin::serve(addr, control.clone(), shutdown.clone()).await?;
     }
-    crate::shutdown::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
+    crate::daemon::signals::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
     let mut config = config;
 
     // The first open decides whether ferry can start at all: a store in use

@@ -24,14 +24,16 @@ pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
 }
 
 /// Sends a reload request on every SIGHUP (the outcome is logged).
-pub fn reload_on_sighup(requests: tokio::sync::mpsc::Sender<crate::control::ReloadRequest>) -> std::io::Result<()> {
+pub fn reload_on_sighup(
+    requests: tokio::sync::mpsc::Sender<crate::daemon::control::ReloadRequest>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(signal = "SIGHUP", "reloading the config");
             if requests
-                .send(crate::control::ReloadRequest { reply: None })
+                .send(crate::daemon::control::ReloadRequest { reply: None })
                 .await
                 .is_err()
             {

@@ -5,7 +5,7 @@
 //! supervisors and owns the configuration) and the admin API (which reads
 //! status and sends commands). It holds only handles: a link's status and
 //! the sender of its command channel. Starting, stopping and reloading
-//! happen in the run loop ([`crate::run`]); the API asks for a reload with a
+//! happen in the run loop ([`crate::daemon::run`]); the API asks for a reload with a
 //! [`ReloadRequest`] and waits for the answer.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,419 @@
+//! The `ferry` command line: `run` the bridge, `check` a configuration,
+//! see and steer a running ferry (`status`, `link`, `reload`), and repair
+//! (`store`) or inspect (`queue`) the store of a stopped one.
+
+pub mod admin_client;
+pub mod queue_tools;
+pub mod render;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Direction};
+
+/// ferry: a durable store-and-forward MQTT bridge.
+///
+/// ferry runs beside a hub broker and bridges it to many edge brokers. Every
+/// message is written to disk before it is acknowledged to the broker it came
+/// from, and removed only after the broker it goes to acknowledged it: an edge
+/// that is away for hours, or ferry killed -9, loses nothing.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bridge until SIGTERM or SIGINT.
+    ///
+    /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=ferry=debug) for more.
+    /// Metrics are served at http://<metrics.listen>/metrics.
+    Run {
+        /// The configuration file (TOML). See docs/configuration.md.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print the links and routes ferry understood.
+    ///
+    /// Exits 1 with `file:line:column: what is wrong` on a bad file. Starts
+    /// nothing and touches no broker or data_dir.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show every link of a running ferry: state, queues, last error.
+    ///
+    /// Asks the admin API ([admin] listen in the config). STATE is one of
+    /// connected, connecting (retrying; see LAST ERROR), paused, draining,
+    /// restarting, disabled, stopped. OLDEST is the age of the oldest queued
+    /// message. Exits 1 when ferry cannot be reached.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the API's JSON instead of the table (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause, resume, restart or drain one link of a running ferry.
+    ///
+    /// pause:   stop forwarding; messages keep being received and queued.
+    /// resume:  forward (and receive) again.
+    /// restart: close and reopen all of the link's connections.
+    /// drain:   stop receiving (the source brokers hold new messages in
+    ///          ferry's sessions), forward until the queues are empty, then
+    ///          pause. Use before maintenance of the link or of ferry.
+    /// Other links are not touched. A pause lasts until resume, a reload
+    /// that changes the link, or a restart of ferry.
+    Link {
+        #[arg(value_enum)]
+        action: LinkAction,
+        /// The link's name, as in the config.
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make a running ferry read its config file again (like SIGHUP).
+    ///
+    /// Added links start, removed links stop (their queues stay on disk),
+    /// changed links restart, the others are not touched. A file that
+    /// `ferry check` refuses changes nothing; the error is printed.
+    Reload {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Operate on the store of a ferry that is not running.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Inspect, export or purge the queues of a ferry that is not running.
+    ///
+    /// These read the store under the config's data_dir and refuse while a
+    /// ferry uses it (use `ferry status` for live numbers). Exit codes: 0 ok,
+    /// 1 error, 2 bad usage.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// Which running ferry to talk to.
+#[derive(clap::Args, Debug)]
+struct AdminTarget {
+    /// The running ferry's configuration file; its [admin] listen is used.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "admin")]
+    config: Option<PathBuf>,
+    /// The admin API address instead, like 127.0.0.1:9465.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LinkAction {
+    Pause,
+    Resume,
+    Restart,
+    Drain,
+}
+
+impl LinkAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkAction::Pause => "pause",
+            LinkAction::Resume => "resume",
+            LinkAction::Restart => "restart",
+            LinkAction::Drain => "drain",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// Per queue: messages, bytes, oldest and newest message, lifetime totals.
+    ///
+    /// Lists every queue in the store, also those of links no longer in the
+    /// configuration (marked "not in config").
+    Stats {
+        /// The configuration file (TOML), for its data_dir and links.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the oldest messages of a queue, with a payload preview.
+    Peek {
+        /// The link's name.
+        link: String,
+        /// Which of the link's queues.
+        #[arg(short, long, value_enum, default_value_t = DirectionArg::Out)]
+        direction: DirectionArg,
+        /// How many messages.
+        #[arg(short = 'n', long = "count", default_value_t = 10)]
+        n: usize,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write every message of a queue to stdout as JSON lines, oldest first.
+    ///
+    /// Fields: seq, topic, qos, retain, received_at (RFC 3339),
+    /// received_at_ms, payload_base64, properties (when any is set).
+    Export {
+        /// The link's name.
+        link: String,
+        /// Which of the link's queues.
+        #[arg(short, long, value_enum, default_value_t = DirectionArg::Out)]
+        direction: DirectionArg,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Delete the queued messages of a link (both directions unless --direction).
+    ///
+    /// They are counted as dropped with reason `purged`. Without --yes,
+    /// only prints what would be deleted.
+    Purge {
+        /// The link's name (also a link no longer in the configuration).
+        link: String,
+        /// Only this direction's queue.
+        #[arg(short, long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A queue's direction on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DirectionArg {
+    /// Hub -> edge.
+    Out,
+    /// Edge -> hub.
+    In,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Direction {
+        match d {
+            DirectionArg::Out => Direction::Out,
+            DirectionArg::In => Direction::In,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Move a damaged store aside so ferry can start with empty queues.
+    ///
+    /// Use it when `ferry run` refuses to start because the store is damaged.
+    /// The store and its ledger are renamed to `<data_dir>/store.damaged-<time>`
+    /// (kept for inspection, never deleted). Refused while a ferry runs.
+    Quarantine {
+        /// The configuration file (TOML), for its data_dir.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Status { target, json } => admin_call(&target, "GET", "/v1/status", |reply| {
+            if json {
+                println!("{:#}", reply.body);
+            } else {
+                print!("{}", admin_client::render_status(&reply.body, crate::metrics::now_ms()));
+            }
+        }),
+        Command::Link { action, name, target } => {
+            let path = format!("/v1/links/{name}/{}", action.as_str());
+            admin_call(&target, "POST", &path, |_| {
+                let done = match action {
+                    LinkAction::Pause => "paused: forwarding stopped, messages keep being queued",
+                    LinkAction::Resume => "resumed",
+                    LinkAction::Restart => "restarting",
+                    LinkAction::Drain => "draining: receiving stopped; it pauses when its queues are empty",
+                };
+                println!("link {name}: {done}");
+            })
+        }
+        Command::Reload { target } => admin_call(&target, "POST", "/v1/reload", |reply| {
+            let list = |key: &str| {
+                let names: Vec<&str> = reply.body[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            };
+            println!(
+                "reloaded. added: {}; removed: {}; changed: {}; unchanged: {}",
+                list("added"),
+                list("removed"),
+                list("changed"),
+                reply.body["unchanged"].as_array().map_or(0, |a| a.len())
+            );
+        }),
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.summary());
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Queue(command) => queue(command),
+        Command::Store(StoreCommand::Quarantine { config }) => {
+            let cfg = match load(&config) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            match crate::store::quarantine(&cfg.data_dir) {
+                Ok(aside) => {
+                    println!(
+                        "moved the store aside to {}; ferry will start with empty queues",
+                        aside.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            init_logging();
+            let cfg = match load(&config) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::daemon::run::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads the configuration, or says why not.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn queue(command: QueueCommand) -> ExitCode {
+    let config = match &command {
+        QueueCommand::Stats { config, .. }
+        | QueueCommand::Peek { config, .. }
+        | QueueCommand::Export { config, .. }
+        | QueueCommand::Purge { config, .. } => config,
+    };
+    let cfg = match load(config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = match command {
+        QueueCommand::Stats { json, .. } => queue_tools::stats(&cfg, json, &mut out),
+        QueueCommand::Peek { link, direction, n, .. } => queue_tools::peek(&cfg, &link, direction.into(), n, &mut out),
+        QueueCommand::Export { link, direction, .. } => queue_tools::export(&cfg, &link, direction.into(), &mut out),
+        QueueCommand::Purge {
+            link, direction, yes, ..
+        } => {
+            let directions = match direction {
+                Some(d) => vec![d.into()],
+                None => vec![Direction::Out, Direction::In],
+            };
+            queue_tools::purge(&cfg, &link, &directions, yes, &mut out)
+        }
+    };
+    // A reader that went away (`| head`) is not an error.
+    let result = result.and_then(|()| match std::io::Write::flush(&mut out) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=off"));
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// One admin API request; `show` prints a successful reply.
+fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(&admin_client::Reply)) -> ExitCode {
+    let addr = match (&target.admin, &target.config) {
+        (Some(addr), _) => *addr,
+        (None, Some(config)) => match Config::load(config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| admin_client::admin_address(&c))
+        {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give --config FILE or --admin ADDR");
+            return ExitCode::from(2);
+        }
+    };
+    match admin_client::request(addr, method, path) {
+        Ok(reply) if reply.ok() => {
+            show(&reply);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("error: {}", reply.error_text());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
