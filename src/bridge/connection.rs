@@ -17,7 +17,7 @@
 //! broker sends *something* at least that often; silence for 1.5 x keepalive
 //! drops the connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
@@ -25,17 +25,19 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule, SubscribePro
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::config::Direction;
 use crate::metrics as m;
-
-use crate::link::status::ConnStatus;
+use crate::metrics::now_ms;
 
 /// Which broker a connection talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Side {
     Hub,
     Edge,
@@ -51,7 +53,8 @@ impl Side {
 }
 
 /// What a connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Subscribes and receives: persistent session, manual acks.
     Ingest,
@@ -68,6 +71,78 @@ impl Role {
             Role::Drain => "drain",
             Role::State => "state",
         }
+    }
+}
+
+/// One connection's state, written by its connection task and read by the
+/// link's status ([`crate::link::status`]).
+#[derive(Debug)]
+pub struct ConnStatus {
+    pub direction: Direction,
+    pub side: Side,
+    pub role: Role,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnState {
+    pub up: bool,
+    /// When the connection last came up or went down (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// When the next connection attempt is due, while down.
+    pub next_attempt_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
+impl ConnStatus {
+    pub fn new(direction: Direction, side: Side, role: Role) -> Arc<ConnStatus> {
+        Arc::new(ConnStatus {
+            direction,
+            side,
+            role,
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.lock().up
+    }
+
+    pub fn snapshot(&self) -> ConnState {
+        self.lock().clone()
+    }
+
+    pub fn set_up(&self) {
+        let mut st = self.lock();
+        st.up = true;
+        st.since_ms = Some(now_ms());
+        st.next_attempt_ms = None;
+    }
+
+    /// The connection failed (or could not be made); the next attempt is in `retry_in_ms`.
+    pub fn set_down(&self, error: &str, retry_in_ms: u64) {
+        let now = now_ms();
+        let mut st = self.lock();
+        if st.up || st.since_ms.is_none() {
+            st.since_ms = Some(now);
+        }
+        st.up = false;
+        st.next_attempt_ms = Some(now + retry_in_ms);
+        st.last_error = Some(error.to_string());
+        st.last_error_ms = Some(now);
+    }
+
+    /// The connection was closed on purpose.
+    pub fn set_closed(&self) {
+        let mut st = self.lock();
+        st.up = false;
+        st.since_ms = Some(now_ms());
+        st.next_attempt_ms = None;
     }
 }
 
@@ -181,7 +256,9 @@ fn connect_timeout(keepalive: Duration) -> Duration {
 
 /// Runs the connection until `stop` is cancelled or the owner goes away.
 /// On `stop`, requests already queued on the client (acks, a DISCONNECT)
-/// are sent before the socket is closed.
+/// are sent before the socket is closed. Every failure (cannot connect,
+/// cannot subscribe, connection lost) is retried the same way: after the
+/// backoff's next delay.
 pub async fn run(
     spec: ConnectionSpec,
     events: mpsc::Sender<ConnEvent>,
@@ -192,86 +269,114 @@ pub async fn run(
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let addr = format!("{}:{}", spec.endpoint.host, spec.endpoint.port);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
-    let dead_after = spec.keepalive * 3 / 2;
     let mut epoch = 0u64;
 
     while !stop.is_cancelled() {
         epoch += 1;
-        let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
-        let session_present = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.session_present,
-                Ok(Ok(other)) => {
-                    tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
-                    false
-                }
-                Ok(Err(e)) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(link, side, role, %addr, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect");
-                    counter!(m::RECONNECTS, &labels).increment(1);
-                    status.set_down(&format!("cannot connect to {addr}: {e}"), delay.as_millis() as u64);
-                    sleep_or_stop(delay, &stop).await;
-                    continue;
-                }
-                Err(_) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(link, side, role, %addr, retry_in_ms = delay.as_millis() as u64, "cannot connect: timed out");
-                    counter!(m::RECONNECTS, &labels).increment(1);
-                    status.set_down(&format!("cannot connect to {addr}: timed out"), delay.as_millis() as u64);
-                    sleep_or_stop(delay, &stop).await;
-                    continue;
-                }
-            }
-        };
-        if !session_present {
-            // Subscribing again on a resumed session would make the broker
-            // resend every retained message: a storm on each reconnect.
-            if let Err(e) = subscribe(&client, &spec.subscriptions).await {
-                tracing::warn!(link, side, role, error = %e, "cannot subscribe");
-                status.set_down(&format!("cannot subscribe on {addr}: {e}"), 0);
-                continue;
-            }
-        }
-        let connected_at = Instant::now();
-        status.set_up();
-        gauge!(m::CONNECTION_UP, &labels).set(1.0);
-        tracing::info!(link, side, role, %addr, session_present, "connected");
-        if events
-            .send(ConnEvent::Up {
-                epoch,
-                client: client.clone(),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-
-        let reason = drive(&spec, &mut eventloop, &events, &stop, epoch, dead_after).await;
-        gauge!(m::CONNECTION_UP, &labels).set(0.0);
-        let Some(reason) = reason else {
-            // Stopped on purpose: flush what the owner queued, then close.
-            status.set_closed();
-            close(&client, &mut eventloop).await;
-            let _ = events.send(ConnEvent::Down { epoch }).await;
+        let Some(failure) = attempt(&spec, &addr, epoch, &events, &stop, &status).await else {
             return;
         };
-        if connected_at.elapsed() >= Duration::from_secs(10) {
+        if failure.up_for.is_some_and(|up| up >= Duration::from_secs(10)) {
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        tracing::warn!(link, side, role, %addr, error = %reason, retry_in_ms = delay.as_millis() as u64, "connection lost");
+        let retry_in_ms = delay.as_millis() as u64;
+        let error = failure.error.as_deref().map(tracing::field::display);
+        tracing::warn!(link, side, role, %addr, error, retry_in_ms, "{}", failure.event);
         counter!(m::RECONNECTS, &labels).increment(1);
-        status.set_down(
-            &format!("connection to {addr} lost: {reason}"),
-            delay.as_millis() as u64,
-        );
-        if events.send(ConnEvent::Down { epoch }).await.is_err() {
+        status.set_down(&failure.shown, retry_in_ms);
+        if failure.up_for.is_some() && events.send(ConnEvent::Down { epoch }).await.is_err() {
             return;
         }
         sleep_or_stop(delay, &stop).await;
     }
+}
+
+/// Why a connection attempt ended, when it was not stopped on purpose.
+struct Failure {
+    /// The log line's message.
+    event: &'static str,
+    /// The log line's `error` field.
+    error: Option<String>,
+    /// What the status (`ferry status`, LAST ERROR) shows.
+    shown: String,
+    /// How long the connection was up; None when it never came up (the
+    /// owner saw no `Up` for this epoch, so it gets no `Down`).
+    up_for: Option<Duration>,
+}
+
+/// One connection: connect, subscribe when the session is new, then hand
+/// events to the owner. Returns why it failed, or None when stopped (or
+/// the owner went away).
+async fn attempt(
+    spec: &ConnectionSpec,
+    addr: &str,
+    epoch: u64,
+    events: &mpsc::Sender<ConnEvent>,
+    stop: &CancellationToken,
+    status: &ConnStatus,
+) -> Option<Failure> {
+    let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
+    let never_up = |event, error: Option<String>, shown| {
+        Some(Failure {
+            event,
+            error,
+            shown,
+            up_for: None,
+        })
+    };
+    let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
+    let session_present = tokio::select! {
+        _ = stop.cancelled() => return None,
+        r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.session_present,
+            Ok(Ok(other)) => {
+                tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
+                false
+            }
+            Ok(Err(e)) => return never_up("cannot connect", Some(e.to_string()), format!("cannot connect to {addr}: {e}")),
+            Err(_) => return never_up("cannot connect: timed out", None, format!("cannot connect to {addr}: timed out")),
+        }
+    };
+    if !session_present {
+        // Subscribing again on a resumed session would make the broker
+        // resend every retained message: a storm on each reconnect.
+        if let Err(e) = subscribe(&client, &spec.subscriptions).await {
+            return never_up(
+                "cannot subscribe",
+                Some(e.to_string()),
+                format!("cannot subscribe on {addr}: {e}"),
+            );
+        }
+    }
+    let connected_at = Instant::now();
+    status.set_up();
+    let labels = spec.labels();
+    gauge!(m::CONNECTION_UP, &labels).set(1.0);
+    tracing::info!(link, side, role, %addr, session_present, "connected");
+    let up = ConnEvent::Up {
+        epoch,
+        client: client.clone(),
+    };
+    if events.send(up).await.is_err() {
+        return None;
+    }
+
+    let reason = drive(spec, &mut eventloop, events, stop, epoch, spec.keepalive * 3 / 2).await;
+    gauge!(m::CONNECTION_UP, &labels).set(0.0);
+    let Some(reason) = reason else {
+        // Stopped on purpose: flush what the owner queued, then close.
+        status.set_closed();
+        close(&client, &mut eventloop).await;
+        let _ = events.send(ConnEvent::Down { epoch }).await;
+        return None;
+    };
+    Some(Failure {
+        event: "connection lost",
+        shown: format!("connection to {addr} lost: {reason}"),
+        error: Some(reason),
+        up_for: Some(connected_at.elapsed()),
+    })
 }
 
 /// Polls until the connection fails (returns why) or `stop` (returns None).

@@ -32,8 +32,7 @@ use crate::bridge::{connection, drain, ingest};
 use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
 
-use connection::{ConnectionSpec, Endpoint, Role, Side, Subscription};
-use status::ConnStatus;
+use connection::{ConnStatus, ConnectionSpec, Endpoint, Role, Side, Subscription};
 
 /// The queue name of a link's direction: "<link>/<out|in>".
 pub fn queue_name(link: &str, direction: Direction) -> String {

@@ -58,7 +58,7 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
     let (events_tx, mut events) = mpsc::channel(64);
     let connection_stop = CancellationToken::new();
     // Not one of the link's forwarding connections: not in its status.
-    let connection_status = super::status::ConnStatus::new(Direction::Out, Side::Hub, Role::State);
+    let connection_status = connection::ConnStatus::new(Direction::Out, Side::Hub, Role::State);
     let connection = tokio::spawn(connection::run(
         spec,
         events_tx,

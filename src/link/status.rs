@@ -7,16 +7,15 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::bridge::connection::{ConnState, ConnStatus, Role, Side};
 use crate::config::Direction;
 use crate::metrics::now_ms;
 use crate::store::Queue;
 
-use crate::bridge::connection::{Role, Side};
-
 /// What the operator asked the link to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Receive, queue and forward.
@@ -29,7 +28,7 @@ pub enum Mode {
 }
 
 /// The link's state at a glance, as `ferry status` and the state topic show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Every connection is up.
@@ -62,77 +61,6 @@ impl State {
     }
 }
 
-/// One connection's state, written by its connection task.
-#[derive(Debug)]
-pub struct ConnStatus {
-    pub direction: Direction,
-    pub side: Side,
-    pub role: Role,
-    state: Mutex<ConnState>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ConnState {
-    pub up: bool,
-    /// When the connection last came up or went down (ms since the epoch).
-    pub since_ms: Option<u64>,
-    /// When the next connection attempt is due, while down.
-    pub next_attempt_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<u64>,
-}
-
-impl ConnStatus {
-    pub fn new(direction: Direction, side: Side, role: Role) -> Arc<ConnStatus> {
-        Arc::new(ConnStatus {
-            direction,
-            side,
-            role,
-            state: Mutex::new(ConnState::default()),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.lock().up
-    }
-
-    pub fn snapshot(&self) -> ConnState {
-        self.lock().clone()
-    }
-
-    pub fn set_up(&self) {
-        let mut st = self.lock();
-        st.up = true;
-        st.since_ms = Some(now_ms());
-        st.next_attempt_ms = None;
-    }
-
-    /// The connection failed (or could not be made); the next attempt is in `retry_in_ms`.
-    pub fn set_down(&self, error: &str, retry_in_ms: u64) {
-        let now = now_ms();
-        let mut st = self.lock();
-        if st.up || st.since_ms.is_none() {
-            st.since_ms = Some(now);
-        }
-        st.up = false;
-        st.next_attempt_ms = Some(now + retry_in_ms);
-        st.last_error = Some(error.to_string());
-        st.last_error_ms = Some(now);
-    }
-
-    /// The connection was closed on purpose.
-    pub fn set_closed(&self) {
-        let mut st = self.lock();
-        st.up = false;
-        st.since_ms = Some(now_ms());
-        st.next_attempt_ms = None;
-    }
-}
-
 /// The shared status of one link.
 pub struct LinkStatus {
     pub name: String,
@@ -153,7 +81,7 @@ struct Inner {
 }
 
 /// A point-in-time copy of a link's status, as the admin API returns it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkView {
     pub name: String,
     pub state: State,
@@ -168,16 +96,16 @@ pub struct LinkView {
     pub queues: Vec<QueueView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnView {
     pub direction: Direction,
-    pub side: &'static str,
-    pub role: &'static str,
+    pub side: Side,
+    pub role: Role,
     #[serde(flatten)]
     pub state: ConnState,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueView {
     pub direction: Direction,
     pub messages: u64,
@@ -316,8 +244,8 @@ impl LinkStatus {
                 .iter()
                 .map(|c| ConnView {
                     direction: c.direction,
-                    side: c.side.as_str(),
-                    role: c.role.as_str(),
+                    side: c.side,
+                    role: c.role,
                     state: c.snapshot(),
                 })
                 .collect(),

@@ -24,11 +24,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::bridge::connection::ConnStatus;
 use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::metrics as m;
 use crate::store::{Queue, Store};
 
-use super::status::{ConnStatus, LinkStatus, Mode};
+use super::status::{LinkStatus, Mode};
 use super::Half;
 
 /// How long tasks get to finish cleanly before they are aborted.
