@@ -10,10 +10,14 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cli::render::{format_age, format_bytes, render_table};
-use crate::config::Config;
+use crate::config::{Config, Direction};
+use crate::daemon::control::{ErrorReply, ProcessView};
+use crate::link::status::State;
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {
@@ -46,10 +50,15 @@ impl Reply {
 
     /// The API's `{"error": ...}` text, or the raw body.
     pub fn error_text(&self) -> String {
-        self.body
-            .get("error")
-            .and_then(Value::as_str)
-            .map_or_else(|| self.body.to_string(), str::to_string)
+        match ErrorReply::deserialize(&self.body) {
+            Ok(reply) => reply.error,
+            Err(_) => self.body.to_string(),
+        }
+    }
+
+    /// The body as the type the server sent it as.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(&self.body).map_err(|e| format!("the admin API sent a reply this ferry cannot read: {e}"))
     }
 }
 
@@ -109,23 +118,19 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The `ferry status` table for a `/v1/status` reply.
-pub fn render_status(view: &Value, now_ms: u64) -> String {
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
-    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
     let mut out = format!(
         "ferry {} (pid {}), up {}, {}\nconfig {}  data_dir {}\n\n",
-        text(view, "version"),
-        num(view, "pid"),
-        format_age(num(view, "uptime_secs") as f64),
-        match view.get("not_ready").and_then(Value::as_str) {
+        view.version,
+        view.pid,
+        format_age(view.uptime_secs as f64),
+        match &view.not_ready {
             None => "ready".to_string(),
             Some(why) => format!("NOT READY: {why}"),
         },
-        text(view, "config"),
-        text(view, "data_dir"),
+        view.config,
+        view.data_dir,
     );
-    let empty = Vec::new();
-    let links = view.get("links").and_then(Value::as_array).unwrap_or(&empty);
     let mut rows = vec![[
         "LINK",
         "STATE",
@@ -137,36 +142,22 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
         "LAST ERROR",
     ]
     .map(String::from)];
-    for link in links {
-        let queue = |direction: &str| {
-            link.get("queues")
-                .and_then(Value::as_array)
-                .and_then(|qs| qs.iter().find(|q| text(q, "direction") == direction))
-        };
-        let depth = |direction: &str| match queue(direction) {
+    for link in &view.links {
+        let queue = |direction: Direction| link.queues.iter().find(|q| q.direction == direction);
+        let depth = |direction| match queue(direction) {
             None => "-".to_string(),
-            Some(q) if num(q, "messages") == 0 => "0".to_string(),
-            Some(q) => format!("{} ({})", num(q, "messages"), format_bytes(num(q, "bytes"))),
+            Some(q) if q.messages == 0 => "0".to_string(),
+            Some(q) => format!("{} ({})", q.messages, format_bytes(q.bytes)),
         };
-        let oldest = |direction: &str| {
-            queue(direction).map_or("-".to_string(), |q| {
-                format_age(q.get("oldest_age_secs").and_then(Value::as_f64).unwrap_or(0.0))
-            })
-        };
-        let mut state = text(link, "state");
-        if let Some(at) = link.get("restart_at_ms").and_then(Value::as_u64) {
+        let oldest = |direction| queue(direction).map_or("-".to_string(), |q| format_age(q.oldest_age_secs));
+        let mut state = link.state.as_str().to_string();
+        if let Some(at) = link.restart_at_ms {
             state.push_str(&format!(
                 " (in {})",
                 format_age(at.saturating_sub(now_ms) as f64 / 1000.0)
             ));
-        } else if state == "connecting" {
-            let next = link
-                .get("connections")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.get("next_attempt_ms").and_then(Value::as_u64))
-                .min();
+        } else if link.state == State::Connecting {
+            let next = link.connections.iter().filter_map(|c| c.state.next_attempt_ms).min();
             if let Some(at) = next {
                 state.push_str(&format!(
                     " (retry in {})",
@@ -174,10 +165,7 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
                 ));
             }
         }
-        let last_error = match (
-            link.get("last_error").and_then(Value::as_str),
-            link.get("last_error_ms").and_then(Value::as_u64),
-        ) {
+        let last_error = match (&link.last_error, link.last_error_ms) {
             (Some(e), Some(at)) => format!(
                 "{} ago: {e}",
                 format_age((now_ms.saturating_sub(at) as f64 / 1000.0).max(1.0))
@@ -186,18 +174,18 @@ pub fn render_status(view: &Value, now_ms: u64) -> String {
             _ => "-".to_string(),
         };
         rows.push([
-            text(link, "name"),
+            link.name.clone(),
             state,
-            depth("out"),
-            oldest("out"),
-            depth("in"),
-            oldest("in"),
-            num(link, "restarts").to_string(),
+            depth(Direction::Out),
+            oldest(Direction::Out),
+            depth(Direction::In),
+            oldest(Direction::In),
+            link.restarts.to_string(),
             last_error,
         ]);
     }
     out.push_str(&render_table(&rows));
-    if links.is_empty() {
+    if view.links.is_empty() {
         out.push_str("(no links configured)\n");
     }
     out
@@ -223,18 +211,26 @@ mod tests {
 
     #[test]
     fn the_status_table_shows_each_link_on_one_line() {
+        // The JSON the server sends, read back as the CLI reads it.
+        let queue = |direction, messages, bytes, oldest_age_secs| {
+            serde_json::json!({"direction": direction, "messages": messages, "bytes": bytes,
+                "oldest_age_secs": oldest_age_secs, "received": 0, "forwarded": 0, "dropped": 0})
+        };
         let view = serde_json::json!({
             "version": "0.1.0", "pid": 7, "uptime_secs": 75, "config": "f.toml", "data_dir": "/d",
             "ready": true, "not_ready": null,
             "links": [
-                {"name": "edge1", "state": "connected", "restarts": 0, "last_error": null,
-                 "queues": [{"direction": "out", "messages": 0, "bytes": 0, "oldest_age_secs": 0.0},
-                            {"direction": "in", "messages": 0, "bytes": 0, "oldest_age_secs": 0.0}]},
-                {"name": "edge2", "state": "connecting", "restarts": 1, "last_error": "out edge drain: refused",
-                 "last_error_ms": 9_000, "connections": [{"next_attempt_ms": 12_000}],
-                 "queues": [{"direction": "out", "messages": 20000, "bytes": 3_000_000, "oldest_age_secs": 72.0}]}
+                {"name": "edge1", "state": "connected", "mode": "running", "enabled": true, "restart_at_ms": null,
+                 "restarts": 0, "last_error": null, "last_error_ms": null, "connections": [],
+                 "queues": [queue("out", 0, 0, 0.0), queue("in", 0, 0, 0.0)]},
+                {"name": "edge2", "state": "connecting", "mode": "running", "enabled": true, "restart_at_ms": null,
+                 "restarts": 1, "last_error": "out edge drain: refused", "last_error_ms": 9_000,
+                 "connections": [{"direction": "out", "side": "edge", "role": "drain", "up": false,
+                    "since_ms": 9_000, "next_attempt_ms": 12_000, "last_error": "refused", "last_error_ms": 9_000}],
+                 "queues": [queue("out", 20000, 3_000_000, 72.0)]}
             ]
         });
+        let view: ProcessView = serde_json::from_value(view).expect("a status view");
         let table = render_status(&view, 10_000);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("ferry 0.1.0 (pid 7), up 1m 15s, ready"), "{table}");

@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Direction};
+use crate::daemon::control::{ProcessView, ReloadReport};
+use crate::link::supervisor::Command as LinkCommand;
 
 /// ferry: a durable store-and-forward MQTT bridge.
 ///
@@ -72,7 +75,7 @@ enum Command {
     /// that changes the link, or a restart of ferry.
     Link {
         #[arg(value_enum)]
-        action: LinkAction,
+        action: LinkCommand,
         /// The link's name, as in the config.
         name: String,
         #[command(flatten)]
@@ -110,22 +113,14 @@ struct AdminTarget {
     admin: Option<SocketAddr>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LinkAction {
-    Pause,
-    Resume,
-    Restart,
-    Drain,
-}
+/// The link actions on the command line, spelled as everywhere else.
+impl ValueEnum for LinkCommand {
+    fn value_variants<'a>() -> &'a [Self] {
+        &LinkCommand::ALL
+    }
 
-impl LinkAction {
-    fn as_str(self) -> &'static str {
-        match self {
-            LinkAction::Pause => "pause",
-            LinkAction::Resume => "resume",
-            LinkAction::Restart => "restart",
-            LinkAction::Drain => "drain",
-        }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }
 
@@ -222,128 +217,97 @@ enum StoreCommand {
     },
 }
 
-/// Parses the command line and runs the command.
+/// Parses the command line and runs the command. The one place that prints
+/// an error: `error: ` and the error with its context, on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Status { target, json } => admin_call(&target, "GET", "/v1/status", |reply| {
-            if json {
-                println!("{:#}", reply.body);
+    match try_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<Usage>() {
+                ExitCode::from(2)
             } else {
-                print!("{}", admin_client::render_status(&reply.body, crate::metrics::now_ms()));
-            }
-        }),
-        Command::Link { action, name, target } => {
-            let path = format!("/v1/links/{name}/{}", action.as_str());
-            admin_call(&target, "POST", &path, |_| {
-                let done = match action {
-                    LinkAction::Pause => "paused: forwarding stopped, messages keep being queued",
-                    LinkAction::Resume => "resumed",
-                    LinkAction::Restart => "restarting",
-                    LinkAction::Drain => "draining: receiving stopped; it pauses when its queues are empty",
-                };
-                println!("link {name}: {done}");
-            })
-        }
-        Command::Reload { target } => admin_call(&target, "POST", "/v1/reload", |reply| {
-            let list = |key: &str| {
-                let names: Vec<&str> = reply.body[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str())
-                    .collect();
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            };
-            println!(
-                "reloaded. added: {}; removed: {}; changed: {}; unchanged: {}",
-                list("added"),
-                list("removed"),
-                list("changed"),
-                reply.body["unchanged"].as_array().map_or(0, |a| a.len())
-            );
-        }),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                print!("{}", cfg.summary());
-                println!("{}: OK", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
                 ExitCode::FAILURE
-            }
-        },
-        Command::Queue(command) => queue(command),
-        Command::Store(StoreCommand::Quarantine { config }) => {
-            let cfg = match load(&config) {
-                Ok(cfg) => cfg,
-                Err(code) => return code,
-            };
-            match crate::store::quarantine(&cfg.data_dir) {
-                Ok(aside) => {
-                    println!(
-                        "moved the store aside to {}; ferry will start with empty queues",
-                        aside.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Run { config } => {
-            init_logging();
-            let cfg = match load(&config) {
-                Ok(cfg) => cfg,
-                Err(code) => return code,
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::daemon::run::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
             }
         }
     }
 }
 
-/// Loads the configuration, or says why not.
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })
+/// A command line that clap accepts but that cannot be run: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(&'static str);
+
+fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Status { target, json } => {
+            let reply = admin_call(&target, "GET", "/v1/status")?;
+            if json {
+                println!("{:#}", reply.body);
+            } else {
+                let view: ProcessView = reply.parse().map_err(anyhow::Error::msg)?;
+                print!("{}", admin_client::render_status(&view, crate::metrics::now_ms()));
+            }
+        }
+        Command::Link { action, name, target } => {
+            admin_call(&target, "POST", &format!("/v1/links/{name}/{}", action.as_str()))?;
+            let done = match action {
+                LinkCommand::Pause => "paused: forwarding stopped, messages keep being queued",
+                LinkCommand::Resume => "resumed",
+                LinkCommand::Restart => "restarting",
+                LinkCommand::DrainThenPause => "draining: receiving stopped; it pauses when its queues are empty",
+            };
+            println!("link {name}: {done}");
+        }
+        Command::Reload { target } => {
+            let reply = admin_call(&target, "POST", "/v1/reload")?;
+            let report: ReloadReport = reply.parse().map_err(anyhow::Error::msg)?;
+            println!("reloaded. {}", report.summary());
+        }
+        Command::Check { config } => {
+            let cfg = load(&config)?;
+            print!("{}", cfg.summary());
+            println!("{}: OK", config.display());
+        }
+        Command::Queue(command) => queue(command)?,
+        Command::Store(StoreCommand::Quarantine { config }) => {
+            let cfg = load(&config)?;
+            // A StoreError's message already ends with its cause: print it once.
+            let aside = crate::store::quarantine(&cfg.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "moved the store aside to {}; ferry will start with empty queues",
+                aside.display()
+            );
+        }
+        Command::Run { config } => {
+            init_logging();
+            let cfg = load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(crate::daemon::run::run(cfg))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn queue(command: QueueCommand) -> ExitCode {
+/// Loads the configuration; its error names the file, line and column.
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn queue(command: QueueCommand) -> anyhow::Result<()> {
     let config = match &command {
         QueueCommand::Stats { config, .. }
         | QueueCommand::Peek { config, .. }
         | QueueCommand::Export { config, .. }
         | QueueCommand::Purge { config, .. } => config,
     };
-    let cfg = match load(config) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
+    let cfg = load(config)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = match command {
+    match command {
         QueueCommand::Stats { json, .. } => queue_tools::stats(&cfg, json, &mut out),
         QueueCommand::Peek { link, direction, n, .. } => queue_tools::peek(&cfg, &link, direction.into(), n, &mut out),
         QueueCommand::Export { link, direction, .. } => queue_tools::export(&cfg, &link, direction.into(), &mut out),
@@ -356,18 +320,11 @@ fn queue(command: QueueCommand) -> ExitCode {
             };
             queue_tools::purge(&cfg, &link, &directions, yes, &mut out)
         }
-    };
+    }?;
     // A reader that went away (`| head`) is not an error.
-    let result = result.and_then(|()| match std::io::Write::flush(&mut out) {
+    match std::io::Write::flush(&mut out) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -383,37 +340,16 @@ fn init_logging() {
         .init();
 }
 
-/// One admin API request; `show` prints a successful reply.
-fn admin_call(target: &AdminTarget, method: &str, path: &str, show: impl FnOnce(&admin_client::Reply)) -> ExitCode {
+/// One admin API request; a reply that is not a success is an error.
+fn admin_call(target: &AdminTarget, method: &str, path: &str) -> anyhow::Result<admin_client::Reply> {
     let addr = match (&target.admin, &target.config) {
         (Some(addr), _) => *addr,
-        (None, Some(config)) => match Config::load(config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| admin_client::admin_address(&c))
-        {
-            Ok(addr) => addr,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        (None, None) => {
-            eprintln!("error: give --config FILE or --admin ADDR");
-            return ExitCode::from(2);
-        }
+        (None, Some(config)) => admin_client::admin_address(&load(config)?).map_err(anyhow::Error::msg)?,
+        (None, None) => return Err(Usage("give --config FILE or --admin ADDR").into()),
     };
-    match admin_client::request(addr, method, path) {
-        Ok(reply) if reply.ok() => {
-            show(&reply);
-            ExitCode::SUCCESS
-        }
-        Ok(reply) => {
-            eprintln!("error: {}", reply.error_text());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    let reply = admin_client::request(addr, method, path).map_err(anyhow::Error::msg)?;
+    if !reply.ok() {
+        anyhow::bail!("{}", reply.error_text());
     }
+    Ok(reply)
 }

@@ -13,7 +13,12 @@
 //! POST /v1/reload                   read the config file again and apply it
 //! ```
 //! Errors are JSON too: `{"error": "..."}` with 404 (unknown link), 409
-//! (link disabled), 422 (bad config on reload), 503 (not running yet).
+//! (link disabled), 422 (bad config on reload), 500 (a reload that failed
+//! for another reason), 503 (not running yet, or shutting down).
+//!
+//! The replies are the types in [`crate::daemon::control`] and
+//! [`crate::link::status`]; the command line ([`crate::cli::admin_client`])
+//! reads them back as the same types.
 //! There is no authentication: keep it on loopback, or behind a proxy that
 //! checks who calls.
 
@@ -30,7 +35,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::control::{CommandError, Control};
+use crate::daemon::control::{ActionReply, CommandError, Control, ErrorReply, ReloadError};
 use crate::link::supervisor::Command;
 
 /// How long `POST /v1/reload` waits for the run loop (which may be waiting
@@ -69,7 +74,7 @@ fn router(control: Arc<Control>) -> Router {
 }
 
 fn error(code: StatusCode, message: String) -> Response {
-    (code, Json(json!({ "error": message }))).into_response()
+    (code, Json(ErrorReply { error: message })).into_response()
 }
 
 fn command_error(e: CommandError) -> Response {
@@ -108,20 +113,16 @@ async fn link(State(control): State<Arc<Control>>, Path(name): Path<String>) -> 
 }
 
 async fn link_action(State(control): State<Arc<Control>>, Path((name, action)): Path<(String, String)>) -> Response {
-    let command = match action.as_str() {
-        "pause" => Command::Pause,
-        "resume" => Command::Resume,
-        "restart" => Command::Restart,
-        "drain" => Command::DrainThenPause,
-        other => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}; use pause, resume, restart or drain"),
-            )
-        }
+    let command: Command = match action.parse() {
+        Ok(command) => command,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("{e}")),
     };
     match control.command(&name, command) {
-        Ok(()) => Json(json!({ "link": name, "requested": action })).into_response(),
+        Ok(()) => Json(ActionReply {
+            link: name,
+            requested: command.as_str().to_string(),
+        })
+        .into_response(),
         Err(e) => command_error(e),
     }
 }
@@ -129,7 +130,14 @@ async fn link_action(State(control): State<Arc<Control>>, Path((name, action)): 
 async fn reload(State(control): State<Arc<Control>>) -> Response {
     match tokio::time::timeout(RELOAD_TIMEOUT, control.reload()).await {
         Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Ok(Err(e)) => {
+            let code = match e {
+                ReloadError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ReloadError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ReloadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(code, e.to_string())
+        }
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ferry did not get to the reload in time (is it waiting for the store?); the reload may still happen"

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, LinkConfig};
@@ -41,11 +41,39 @@ pub enum CommandError {
 /// A request to read the config file again and apply it.
 pub struct ReloadRequest {
     /// Where the outcome goes (None: from SIGHUP, only logged).
-    pub reply: Option<oneshot::Sender<Result<ReloadReport, String>>>,
+    pub reply: Option<oneshot::Sender<Result<ReloadReport, ReloadError>>>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is refused (as `ferry check` would), or changes a setting
+    /// that cannot change while ferry runs.
+    #[error("{0}")]
+    Config(String),
+    /// ferry could not carry out the reload.
+    #[error("{0}")]
+    Internal(String),
+    #[error("ferry is shutting down")]
+    ShuttingDown,
+}
+
+/// Every error reply of the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+/// The reply to a link action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReply {
+    pub link: String,
+    /// The action, as [`Command::as_str`] spells it.
+    pub requested: String,
 }
 
 /// What a reload did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReloadReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -113,9 +141,9 @@ pub fn plan_reload(old: &Config, new: &Config) -> Result<ReloadReport, String> {
 }
 
 /// The process-wide status that `/readyz` and `ferry status` show.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessView {
-    pub version: &'static str,
+    pub version: String,
     pub pid: u32,
     pub uptime_secs: u64,
     pub config: String,
@@ -187,7 +215,7 @@ impl Control {
     pub fn view(&self) -> ProcessView {
         let not_ready = self.not_ready();
         ProcessView {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             config: self.config_path.clone(),
@@ -234,12 +262,12 @@ impl Control {
     }
 
     /// Asks the run loop to reload the config file; waits for the outcome.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = oneshot::channel();
         self.reload
             .send(ReloadRequest { reply: Some(tx) })
             .await
-            .map_err(|_| "ferry is shutting down".to_string())?;
-        rx.await.map_err(|_| "ferry is shutting down".to_string())?
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        rx.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, HubConfig, LinkConfig};
-use crate::daemon::control::{plan_reload, Control, LinkHandle, ReloadReport, ReloadRequest};
+use crate::daemon::control::{plan_reload, Control, LinkHandle, ReloadError, ReloadReport, ReloadRequest};
 use crate::link::supervisor::{supervise, Supervised};
 use crate::store::{QueueLimits, Store};
 
@@ -231,13 +231,13 @@ async fn reload(
     generation: &CancellationToken,
     control: &Control,
     running: &mut BTreeMap<String, Running>,
-) -> Result<ReloadReport, String> {
+) -> Result<ReloadReport, ReloadError> {
     let path = config.source.clone();
     let new = tokio::task::spawn_blocking(move || Config::load(&path))
         .await
-        .map_err(|e| format!("reading the config failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    let report = plan_reload(config, &new)?;
+        .map_err(|e| ReloadError::Internal(format!("reading the config failed: {e}")))?
+        .map_err(|e| ReloadError::Config(e.to_string()))?;
+    let report = plan_reload(config, &new).map_err(ReloadError::Config)?;
     let mut stopping = Vec::new();
     for name in report.removed.iter().chain(&report.changed) {
         if let Some(r) = running.remove(name) {

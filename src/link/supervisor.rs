@@ -37,7 +37,9 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// A link that ran this long before failing restarts with the shortest delay.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// What the operator can ask of a running link.
+/// What the operator can ask of a running link: `ferry link ACTION NAME`,
+/// `POST /v1/links/NAME/ACTION`. [`Command::as_str`] is the one spelling of
+/// each action, for the admin API, the command line and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Pause,
@@ -45,6 +47,40 @@ pub enum Command {
     Restart,
     /// Stop receiving, forward until the queues are empty, then pause.
     DrainThenPause,
+}
+
+impl Command {
+    pub const ALL: [Command; 4] = [
+        Command::Pause,
+        Command::Resume,
+        Command::Restart,
+        Command::DrainThenPause,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Restart => "restart",
+            Command::DrainThenPause => "drain",
+        }
+    }
+}
+
+/// A link action that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown action {0:?}; use pause, resume, restart or drain")]
+pub struct UnknownCommand(String);
+
+impl std::str::FromStr for Command {
+    type Err = UnknownCommand;
+
+    fn from_str(s: &str) -> Result<Command, UnknownCommand> {
+        Command::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCommand(s.to_string()))
+    }
 }
 
 /// Everything the supervisor of one link needs.
