@@ -264,6 +264,8 @@ pub struct ConfigError {
     message: String,
 }
 
+// Read by the config_parse fuzz target (src/fuzzing.rs) only.
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
 impl ConfigError {
     pub fn path(&self) -> &Path {
         &self.path

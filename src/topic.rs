@@ -163,14 +163,6 @@ impl TopicMap {
         })
     }
 
-    pub fn from_filter(&self) -> &str {
-        &self.from
-    }
-
-    pub fn to_filter(&self) -> &str {
-        &self.to
-    }
-
     /// The destination topic for `topic`, or None when `topic` does not match
     /// the `from` filter or its mapping would not be a publishable topic that
     /// `to` matches: the parent level of `a/#` mapped to `#` would be empty,

@@ -2,9 +2,9 @@
 //! see and steer a running ferry (`status`, `link`, `reload`), and repair
 //! (`store`) or inspect (`queue`) the store of a stopped one.
 
-pub mod admin_client;
-pub mod queue_tools;
-pub mod render;
+mod admin_client;
+mod queue_tools;
+mod render;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

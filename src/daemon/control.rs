@@ -208,10 +208,6 @@ impl Control {
         self.links().remove(name);
     }
 
-    pub fn link_names(&self) -> Vec<String> {
-        self.links().keys().cloned().collect()
-    }
-
     pub fn view(&self) -> ProcessView {
         let not_ready = self.not_ready();
         ProcessView {
