@@ -184,6 +184,8 @@ pub struct ConnectionSpec {
 }
 
 /// What the connection task hands to its owner, in order.
+// `Packet` is the one sent per message: boxing it would allocate for each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ConnEvent {
     /// Connected; `client` is valid until the matching `Down`.

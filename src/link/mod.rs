@@ -1,38 +1,23 @@
-//! A link: one remote (edge) broker, its routes, and the tasks that carry
-//! messages both ways between it and the hub.
+//! A link: one remote (edge) broker, its routes, and the control of the
+//! tasks that carry messages both ways between it and the hub.
 //!
-//! For each direction that has routes, a link runs four tasks:
-//!
-//! ```text
-//! source broker -> [connection: ingest] -> [ingest] -> queue
-//! queue -> [drain] -> [connection: drain] -> destination broker
-//! ```
-//!
-//! `out` reads the hub and writes the edge; `in` reads the edge and writes
-//! the hub. Nothing is shared between links but the store (one sled
+//! For each direction that has routes, a link runs the four tasks of the
+//! data path ([`crate::bridge`]) over one queue per direction (opened
+//! here). `out` reads the hub and writes the edge; `in` reads the edge and
+//! writes the hub. Nothing is shared between links but the store (one sled
 //! database, one tree per queue), so a link that fails, stalls or panics
 //! cannot hold up another. `supervisor` restarts a link's tasks when one
-//! of them dies, and starts and stops the two halves ([`Half`]: ingest,
-//! drain) when the operator pauses, drains or resumes the link. `status`
-//! is what the admin API shows of it; `state_topic` publishes its state on
-//! the hub.
+//! of them dies, and starts and stops the two halves
+//! ([`crate::bridge::Half`]: ingest, drain) when the operator pauses,
+//! drains or resumes the link. `status` is what the admin API shows of it;
+//! `state_topic` publishes its state on the hub.
 
 pub mod state_topic;
 pub mod status;
 pub mod supervisor;
 
-use std::sync::Arc;
-
-use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
-use crate::bridge::{connection, drain, ingest};
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{Direction, LinkConfig};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
-
-use connection::{ConnStatus, ConnectionSpec, Endpoint, Role, Side, Subscription};
 
 /// The queue name of a link's direction: "<link>/<out|in>".
 pub fn queue_name(link: &str, direction: Direction) -> String {
@@ -60,162 +45,4 @@ pub fn open_queues(store: &Store, link: &LinkConfig) -> Result<Vec<(Direction, Q
         }
     }
     Ok(queues)
-}
-
-/// The client ids a link uses. Ingest ids carry persistent sessions, so
-/// they must stay the same across restarts; drain ids get "-pub".
-pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
-    let hub_ep = Endpoint {
-        host: hub.host.clone(),
-        port: hub.port,
-        client_id: link.hub_client_id(hub),
-        username: hub.username.clone(),
-        password: hub.password.clone(),
-    };
-    let edge_ep = Endpoint {
-        host: link.host.clone(),
-        port: link.port,
-        client_id: link.client_id.clone(),
-        username: link.username.clone(),
-        password: link.password.clone(),
-    };
-    (hub_ep, edge_ep)
-}
-
-/// The two halves of a running link, which the operator can stop and
-/// start separately: receiving into the queues, and forwarding from them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Half {
-    /// The ingest connections and their committers.
-    Ingest,
-    /// The drain connections and their drainers.
-    Drain,
-}
-
-impl Half {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Half::Ingest => "ingest",
-            Half::Drain => "drain",
-        }
-    }
-}
-
-/// Spawns one half of a link, for every direction it has, into `tasks`.
-/// All of them stop when `stop` is cancelled: ingest first commits and
-/// acknowledges what it holds. Returns the status of each connection.
-pub fn spawn_half(
-    half: Half,
-    link: &LinkConfig,
-    hub: &HubConfig,
-    store: &Store,
-    queues: &[(Direction, Queue)],
-    stop: &CancellationToken,
-    tasks: &mut JoinSet<&'static str>,
-) -> Vec<Arc<ConnStatus>> {
-    let (hub_ep, edge_ep) = endpoints(link, hub);
-    let mut connections = Vec::new();
-    for (direction, queue) in queues {
-        let direction = *direction;
-        let routes: Vec<_> = link.routes(direction).cloned().collect();
-        let (source_side, source_ep, dest_side, mut dest_ep) = match direction {
-            Direction::Out => (Side::Hub, hub_ep.clone(), Side::Edge, edge_ep.clone()),
-            Direction::In => (Side::Edge, edge_ep.clone(), Side::Hub, hub_ep.clone()),
-        };
-        dest_ep.client_id.push_str("-pub");
-        let capacity = connection::channel_capacity(link.inflight);
-        let (events_tx, events_rx) = mpsc::channel(capacity);
-        let connection_stop = CancellationToken::new();
-        match half {
-            Half::Ingest => {
-                // Subscribe at QoS <= 1: rumqttc forgets incoming QoS 2 state on
-                // reconnect and would reject the broker's PUBREL retransmission.
-                // The destination still gets the route's QoS.
-                let subscriptions = routes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| Subscription {
-                        filter: r.source_filter().to_string(),
-                        qos: if r.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
-                        id: i + 1,
-                    })
-                    .collect();
-                let spec = connection_spec(link, source_side, Role::Ingest, source_ep, subscriptions);
-                let status = ConnStatus::new(direction, source_side, Role::Ingest);
-                connections.push(status.clone());
-                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
-                // The committer stops the connection once its last acks are queued.
-                let ingest = ingest::Ingest {
-                    link: link.name.clone(),
-                    direction,
-                    routes,
-                    store: store.clone(),
-                    queue: queue.clone(),
-                    events: events_rx,
-                    shutdown: stop.clone(),
-                    connection_stop,
-                    held_max: capacity,
-                };
-                tasks.spawn(async move {
-                    ingest.run().await;
-                    "ingest"
-                });
-            }
-            Half::Drain => {
-                let spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
-                let status = ConnStatus::new(direction, dest_side, Role::Drain);
-                connections.push(status.clone());
-                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
-                let drain = drain::Drain {
-                    link: link.name.clone(),
-                    direction,
-                    store: store.clone(),
-                    queue: queue.clone(),
-                    window: link.inflight as usize,
-                    ttl: link.message_ttl,
-                    events: events_rx,
-                    shutdown: stop.clone(),
-                    connection_stop,
-                };
-                tasks.spawn(async move {
-                    drain.run().await;
-                    "drain"
-                });
-            }
-        }
-    }
-    connections
-}
-
-/// The settings of one of the link's connections.
-pub fn connection_spec(
-    link: &LinkConfig,
-    side: Side,
-    role: Role,
-    endpoint: Endpoint,
-    subscriptions: Vec<Subscription>,
-) -> ConnectionSpec {
-    ConnectionSpec {
-        link: link.name.clone(),
-        side,
-        role,
-        endpoint,
-        keepalive: link.keepalive,
-        reconnect_min: link.reconnect_min,
-        reconnect_max: link.reconnect_max,
-        inflight: link.inflight,
-        max_packet_bytes: link.max_message_bytes.saturating_add(64 * 1024),
-        subscriptions,
-        will: None,
-    }
-}
-
-async fn connection_task(
-    spec: ConnectionSpec,
-    events: mpsc::Sender<connection::ConnEvent>,
-    stop: CancellationToken,
-    status: Arc<ConnStatus>,
-) -> &'static str {
-    connection::run(spec, events, stop, status).await;
-    "connection"
 }

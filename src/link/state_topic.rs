@@ -39,9 +39,9 @@ pub fn payload(link: &str, state: &str) -> Vec<u8> {
 
 /// Publishes the link's state on `topic` until `stop`, then `stopped`.
 pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<LinkStatus>, stop: CancellationToken) {
-    let (mut endpoint, _) = super::endpoints(&link, &hub);
+    let (mut endpoint, _) = crate::bridge::endpoints(&link, &hub);
     endpoint.client_id.push_str("-state");
-    let mut spec = super::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
+    let mut spec = crate::bridge::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
     // A few small messages: a small window and packet limit keep the
     // connection's buffers small (1,000 links have 1,000 of these).
     spec.inflight = STATE_INFLIGHT;

@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::bridge::connection::ConnStatus;
+use crate::bridge::Half;
 use crate::config::{Direction, HubConfig, LinkConfig};
 use crate::metrics as m;
 use crate::store::{Queue, Store};
 
 use super::status::{LinkStatus, Mode};
-use super::Half;
 
 /// How long tasks get to finish cleanly before they are aborted.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -271,7 +271,7 @@ impl Halves {
                     let stop = s.stop.child_token();
                     let mut tasks = JoinSet::new();
                     let connections =
-                        super::spawn_half(half, &s.link, &s.hub, &s.store, &self.queues, &stop, &mut tasks);
+                        crate::bridge::spawn_half(half, &s.link, &s.hub, &s.store, &self.queues, &stop, &mut tasks);
                     *slot = Some(Group {
                         half,
                         tasks,
