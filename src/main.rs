@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ferry::admin_client;
-use ferry::config::{Config, Direction};
+use ferry::config::Config;
+use ferry::names::Direction;
 use ferry::queue_tools;
 
 /// ferry: a durable store-and-forward MQTT bridge.

@@ -31,16 +31,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
+use crate::names::{self, queue_name, Direction, Role, Side};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
 
-use connection::{ConnectionSpec, Endpoint, Role, Side, Subscription};
+use connection::{ConnectionSpec, Endpoint, Subscription};
 use status::ConnStatus;
-
-/// The queue name of a link's direction: "<link>/<out|in>".
-pub fn queue_name(link: &str, direction: Direction) -> String {
-    format!("{link}/{}", direction.as_str())
-}
 
 pub fn queue_limits(link: &LinkConfig) -> QueueLimits {
     QueueLimits {
@@ -125,7 +121,7 @@ pub fn spawn_half(
             Direction::Out => (Side::Hub, hub_ep.clone(), Side::Edge, edge_ep.clone()),
             Direction::In => (Side::Edge, edge_ep.clone(), Side::Hub, hub_ep.clone()),
         };
-        dest_ep.client_id.push_str("-pub");
+        dest_ep.client_id = names::drain_client_id(&dest_ep.client_id);
         let capacity = connection::channel_capacity(link.inflight);
         let (events_tx, events_rx) = mpsc::channel(capacity);
         let connection_stop = CancellationToken::new();

@@ -19,10 +19,11 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
 use crate::metrics::now_ms;
+use crate::names::{self, Direction, Role, Side};
 
-use super::connection::{self, ConnEvent, Role, Side};
+use super::connection::{self, ConnEvent};
 use super::status::LinkStatus;
 
 /// How often the state is compared with what was last published.
@@ -40,7 +41,7 @@ pub fn payload(link: &str, state: &str) -> Vec<u8> {
 /// Publishes the link's state on `topic` until `stop`, then `stopped`.
 pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<LinkStatus>, stop: CancellationToken) {
     let (mut endpoint, _) = super::endpoints(&link, &hub);
-    endpoint.client_id.push_str("-state");
+    endpoint.client_id = names::state_client_id(&endpoint.client_id);
     let mut spec = super::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
     // A few small messages: a small window and packet limit keep the
     // connection's buffers small (1,000 links have 1,000 of these).

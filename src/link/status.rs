@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use crate::config::Direction;
 use crate::metrics::now_ms;
+use crate::names::{Direction, Role, Side};
 use crate::store::Queue;
-
-use super::connection::{Role, Side};
 
 /// What the operator asked the link to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

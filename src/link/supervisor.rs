@@ -24,8 +24,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
 use crate::metrics as m;
+use crate::names::Direction;
 use crate::store::{Queue, Store};
 
 use super::status::{ConnStatus, LinkStatus, Mode};
