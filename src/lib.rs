@@ -26,6 +26,8 @@
 //! - [`store`]: the durable queues (sled), their invariants and counters.
 //! - `config`: the configuration file: types, parsing, validation, `ferry check`'s summary.
 //! - `topic`: MQTT filter rules and topic mapping.
+//! - `names`: the one owner of directions, sides, roles, client ids and queue names.
+//! - `secret`: a string that never shows itself in `Debug` or logs (passwords).
 //! - `metrics`, `backoff`, `fault` (test-only fault injection).
 //! - `fuzzing` (feature `fuzzing`): the bodies of the fuzz targets.
 //!
@@ -58,5 +60,7 @@ pub(crate) mod fault;
 pub mod fuzzing;
 pub(crate) mod link;
 pub(crate) mod metrics;
+pub(crate) mod names;
+pub(crate) mod secret;
 pub mod store;
 pub(crate) mod topic;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::config::Direction;
+use crate::names::Direction;
 use crate::store::{DropReason, Queue};
 
 pub const RECEIVED: &str = "ferry_messages_received_total";

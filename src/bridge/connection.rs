@@ -31,48 +31,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Direction;
 use crate::metrics as m;
 use crate::metrics::now_ms;
-
-/// Which broker a connection talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Hub,
-    Edge,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Hub => "hub",
-            Side::Edge => "edge",
-        }
-    }
-}
-
-/// What a connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Subscribes and receives: persistent session, manual acks.
-    Ingest,
-    /// Publishes the queue: clean session.
-    Drain,
-    /// Publishes the link's retained state; its last will marks it offline.
-    State,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Ingest => "ingest",
-            Role::Drain => "drain",
-            Role::State => "state",
-        }
-    }
-}
+use crate::names::Direction;
+use crate::names::{Role, Side};
+use crate::secret::Secret;
 
 /// One connection's state, written by its connection task and read by the
 /// link's status ([`crate::link::status`]).
@@ -153,7 +116,7 @@ pub struct Endpoint {
     pub port: u16,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// One subscription of an ingest connection. `id` is the MQTT v5
@@ -236,7 +199,7 @@ impl ConnectionSpec {
         o.set_max_packet_size(Some(self.max_packet_bytes));
         o.set_connection_timeout(connect_timeout(self.keepalive).as_secs().max(1));
         if let (Some(user), Some(pass)) = (&e.username, &e.password) {
-            o.set_credentials(user.clone(), pass.clone());
+            o.set_credentials(user.clone(), pass.expose().to_owned());
         } else if let Some(user) = &e.username {
             o.set_credentials(user.clone(), String::new());
         }

@@ -24,8 +24,8 @@ use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Direction;
 use crate::metrics as m;
+use crate::names::Direction;
 use crate::store::{DropReason, Entry, Queue, Record, Store};
 
 use super::connection::ConnEvent;

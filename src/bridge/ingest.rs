@@ -24,8 +24,9 @@ use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Direction, Route};
+use crate::config::Route;
 use crate::metrics as m;
+use crate::names::Direction;
 use crate::store::{Properties, Queue, Record, Store};
 
 use super::connection::ConnEvent;

@@ -23,10 +23,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
+use crate::names::{self, Direction, Role, Side};
 use crate::store::{Queue, Store};
 
-use connection::{ConnStatus, ConnectionSpec, Endpoint, Role, Side, Subscription};
+use connection::{ConnStatus, ConnectionSpec, Endpoint, Subscription};
 
 /// The client ids a link uses. Ingest ids carry persistent sessions, so
 /// they must stay the same across restarts; drain ids get "-pub".
@@ -88,7 +89,7 @@ pub fn spawn_half(
             Direction::Out => (Side::Hub, hub_ep.clone(), Side::Edge, edge_ep.clone()),
             Direction::In => (Side::Edge, edge_ep.clone(), Side::Hub, hub_ep.clone()),
         };
-        dest_ep.client_id.push_str("-pub");
+        dest_ep.client_id = names::drain_client_id(&dest_ep.client_id);
         let capacity = connection::channel_capacity(link.inflight);
         let (events_tx, events_rx) = mpsc::channel(capacity);
         let connection_stop = CancellationToken::new();

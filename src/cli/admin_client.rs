@@ -15,9 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cli::render::{format_age, format_bytes, render_table};
-use crate::config::{Config, Direction};
+use crate::config::Config;
 use crate::daemon::control::{ErrorReply, ProcessView};
 use crate::link::status::State;
+use crate::names::Direction;
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {

@@ -13,9 +13,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, Direction};
+use crate::config::Config;
 use crate::daemon::control::{ProcessView, ReloadReport};
 use crate::link::supervisor::Command as LinkCommand;
+use crate::names::Direction;
 
 /// ferry: a durable store-and-forward MQTT bridge.
 ///

@@ -24,9 +24,9 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::cli::render::{format_age, format_bytes, render_table, rfc3339};
-use crate::config::{Config, Direction};
-use crate::link::queue_name;
+use crate::config::Config;
 use crate::metrics::now_ms;
+use crate::names::{queue_name, Direction};
 use crate::store::{DropReason, Properties, Queue, QueueLimits, Record, Scanned, Store, StoreError};
 
 /// Opens the store under `cfg.data_dir` for an offline tool. `Ok(None)` when

@@ -16,13 +16,9 @@ pub mod state_topic;
 pub mod status;
 pub mod supervisor;
 
-use crate::config::{Direction, LinkConfig};
+use crate::config::LinkConfig;
+use crate::names::{queue_name, Direction};
 use crate::store::{Queue, QueueLimits, Store, StoreError};
-
-/// The queue name of a link's direction: "<link>/<out|in>".
-pub fn queue_name(link: &str, direction: Direction) -> String {
-    format!("{link}/{}", direction.as_str())
-}
 
 pub fn queue_limits(link: &LinkConfig) -> QueueLimits {
     QueueLimits {

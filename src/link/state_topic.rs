@@ -19,11 +19,12 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
 use crate::metrics::now_ms;
+use crate::names::{self, Direction, Role, Side};
 
 use super::status::LinkStatus;
-use crate::bridge::connection::{self, ConnEvent, Role, Side};
+use crate::bridge::connection::{self, ConnEvent};
 
 /// How often the state is compared with what was last published.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -40,7 +41,7 @@ pub fn payload(link: &str, state: &str) -> Vec<u8> {
 /// Publishes the link's state on `topic` until `stop`, then `stopped`.
 pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<LinkStatus>, stop: CancellationToken) {
     let (mut endpoint, _) = crate::bridge::endpoints(&link, &hub);
-    endpoint.client_id.push_str("-state");
+    endpoint.client_id = names::state_client_id(&endpoint.client_id);
     let mut spec = crate::bridge::connection_spec(&link, Side::Hub, Role::State, endpoint, Vec::new());
     // A few small messages: a small window and packet limit keep the
     // connection's buffers small (1,000 links have 1,000 of these).

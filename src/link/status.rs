@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::connection::{ConnState, ConnStatus, Role, Side};
-use crate::config::Direction;
+use crate::bridge::connection::{ConnState, ConnStatus};
 use crate::metrics::now_ms;
+use crate::names::{Direction, Role, Side};
 use crate::store::Queue;
 
 /// What the operator asked the link to do.

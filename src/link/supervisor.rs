@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::bridge::connection::ConnStatus;
 use crate::bridge::Half;
-use crate::config::{Direction, HubConfig, LinkConfig};
+use crate::config::{HubConfig, LinkConfig};
 use crate::metrics as m;
+use crate::names::Direction;
 use crate::store::{Queue, Store};
 
 use super::status::{LinkStatus, Mode};

@@ -67,6 +67,33 @@ pub enum Overflow {
     DropNew,
 }
 
+impl Overflow {
+    pub const ALL: [Overflow; 3] = [Overflow::Block, Overflow::DropOldest, Overflow::DropNew];
+
+    /// The name in the config file (`overflow = "drop-oldest"`), the same as
+    /// the serde name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Block => "block",
+            Overflow::DropOldest => "drop-oldest",
+            Overflow::DropNew => "drop-new",
+        }
+    }
+}
+
+impl std::str::FromStr for Overflow {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Overflow, String> {
+        crate::names::named(&Overflow::ALL, Overflow::as_str, text).ok_or_else(|| {
+            format!(
+                "overflow must be \"block\" (stop taking messages, lossless), \"drop-oldest\" \
+                 or \"drop-new\", got {text:?}"
+            )
+        })
+    }
+}
+
 /// Why a message left a queue without being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {

@@ -1,0 +1,193 @@
+//! Parsers of single values: sizes ("8GiB"), bounded integers, ports,
+//! listen addresses, the state topic pattern, names (overflow, direction)
+//! and credentials. Each returns the typed value or a [`Problem`] at the
+//! value's span; checks across values are in `validate`.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use toml::Spanned;
+
+use super::error::Problem;
+use super::raw::RawSize;
+use super::{DEFAULT_STATE_TOPIC, MAX_LINK_NAME_CHARS};
+use crate::secret::Secret;
+use crate::topic;
+
+const SIZE_UNITS: [(&str, u64); 10] = [
+    ("B", 1),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+    ("TB", 1_000_000_000_000),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+    ("", 1),
+];
+
+/// Parses a size such as "8GiB", "512 MB", "100" or "100B" into bytes.
+/// KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024; units
+/// are matched without regard to case.
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    let help = "write a whole number with an optional unit: B, KB, MB, GB, TB (powers of 1000) \
+                or KiB, MiB, GiB, TiB (powers of 1024), like \"8GiB\"";
+    let trimmed = text.trim();
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    let unit = unit.trim_start();
+    if digits.is_empty() {
+        return Err(format!("{text:?} is not a size; {help}"));
+    }
+    let Some(&(_, multiplier)) = SIZE_UNITS.iter().find(|(name, _)| name.eq_ignore_ascii_case(unit)) else {
+        return Err(format!("{text:?} has an unknown unit {unit:?}; {help}"));
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Formats a byte count with the largest unit that divides it exactly.
+pub(super) fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 8] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("TB", 1_000_000_000_000),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+    ];
+    if bytes > 0 {
+        for (name, multiplier) in UNITS {
+            if bytes % multiplier == 0 {
+                return format!("{}{name}", bytes / multiplier);
+            }
+        }
+    }
+    format!("{bytes}B")
+}
+
+pub(super) fn size_value(key: &str, raw: &Spanned<RawSize>) -> Result<u64, Problem> {
+    let bytes = match raw.get_ref() {
+        RawSize::Bytes(number) => u64::try_from(*number).map_err(|_| format!("{key} cannot be negative, got {number}")),
+        RawSize::Text(text) => parse_size(text).map_err(|error| format!("{key}: {error}")),
+    };
+    bytes.map_err(|message| Problem::at(raw.span(), message))
+}
+
+pub(super) fn integer_in(
+    key: &str,
+    raw: &Spanned<i64>,
+    allowed: std::ops::RangeInclusive<i64>,
+    meaning: &str,
+) -> Result<u64, Problem> {
+    let value = *raw.get_ref();
+    if !allowed.contains(&value) {
+        return Err(Problem::at(
+            raw.span(),
+            format!(
+                "{key} must be between {} and {}{meaning}, got {value}",
+                allowed.start(),
+                allowed.end()
+            ),
+        ));
+    }
+    u64::try_from(value).map_err(|_| Problem::at(raw.span(), format!("{key} cannot be negative")))
+}
+
+pub(super) fn port_value(raw: &Spanned<i64>) -> Result<u16, Problem> {
+    let port = integer_in("port", raw, 1..=65535, "")?;
+    u16::try_from(port).map_err(|_| Problem::at(raw.span(), "port must be at most 65535"))
+}
+
+pub(super) fn non_empty(key: &str, raw: &Spanned<String>) -> Result<String, Problem> {
+    if raw.get_ref().trim().is_empty() {
+        return Err(Problem::at(raw.span(), format!("{key} cannot be empty")));
+    }
+    Ok(raw.get_ref().clone())
+}
+
+/// A name from a fixed set (`overflow`, `direction`), parsed by the type
+/// that owns the names; its error lists them.
+pub(super) fn name_value<T: FromStr<Err = String>>(raw: &Spanned<String>) -> Result<T, Problem> {
+    raw.get_ref()
+        .parse()
+        .map_err(|message: String| Problem::at(raw.span(), message))
+}
+
+/// Checks username and password together: MQTT sends a password only with a
+/// username.
+pub(super) fn credentials(
+    username: &Option<Spanned<String>>,
+    password: &Option<Spanned<String>>,
+) -> Result<(Option<String>, Option<Secret>), Problem> {
+    if let (None, Some(password)) = (username, password) {
+        return Err(Problem::at(
+            password.span(),
+            "password is set without username; MQTT sends a password only with a username",
+        ));
+    }
+    Ok((
+        username.as_ref().map(|name| name.get_ref().clone()),
+        password.as_ref().map(|secret| Secret::new(secret.get_ref().as_str())),
+    ))
+}
+
+pub(super) fn is_valid_link_name(name: &str) -> bool {
+    (1..=MAX_LINK_NAME_CHARS).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+/// `[<section>] listen`: an IP address with a port, or "off".
+pub(super) fn listen_address(
+    section: &str,
+    raw: &Option<Spanned<String>>,
+    default: &str,
+) -> Result<Option<SocketAddr>, Problem> {
+    match raw {
+        None => default
+            .parse()
+            .map(Some)
+            .map_err(|_| Problem::nowhere(format!("built-in {section} address is invalid"))),
+        Some(listen) if listen.get_ref() == "off" => Ok(None),
+        Some(listen) => listen.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+            Problem::at(
+                listen.span(),
+                format!(
+                    "{section} listen must be an IP address with a port, like \"{default}\", \
+                     or \"off\"; got {:?}",
+                    listen.get_ref()
+                ),
+            )
+        }),
+    }
+}
+
+/// `[hub] state_topic`: a topic with exactly one "{link}", or "off".
+pub(super) fn state_topic(raw: &Option<Spanned<String>>) -> Result<Option<String>, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Some(DEFAULT_STATE_TOPIC.to_owned()));
+    };
+    let pattern = raw.get_ref();
+    if pattern == "off" {
+        return Ok(None);
+    }
+    if pattern.matches("{link}").count() != 1 {
+        return Err(Problem::at(
+            raw.span(),
+            format!(
+                "state_topic must contain \"{{link}}\" exactly once (each link needs its own \
+                 topic), like \"{DEFAULT_STATE_TOPIC}\", or be \"off\"; got {pattern:?}"
+            ),
+        ));
+    }
+    topic::validate_topic(&pattern.replace("{link}", "x"))
+        .map(|()| Some(pattern.clone()))
+        .map_err(|why| Problem::at(raw.span(), format!("state_topic {pattern:?}: {why}")))
+}
