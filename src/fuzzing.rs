@@ -639,8 +639,9 @@ const CONFIG_PATH: &str = "fuzz/ferry.toml";
 ///   `path: message`, with a line inside the text and a non-empty message;
 /// - an accepted configuration keeps the promises the links rely on: unique
 ///   link names and client ids, at least one route per link, sane timers,
-///   and routes whose topic mapping gives topics the destination filter
-///   matches and maps back to where it came from.
+///   and routes whose topic mapping gives valid topics that what the route
+///   writes matches (a prefix mapping's destination filter, a template's
+///   written filter) and, for a prefix mapping, maps back to where it came from.
 pub fn config_parse(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let path = Path::new(CONFIG_PATH);
