@@ -11,58 +11,39 @@ use common::*;
 const N: u64 = 60;
 const LINK: &str = "e7";
 
-/// One link, three `out` routes (hub -> edge) and three `in` routes
-/// (edge -> hub), each a template: reorder (`r`), drop a level (`d`) and
-/// the link's name (`l`).
+/// The routes' filters and templates, after `o/` (read on the hub) and
+/// `down/` (written on the edge) for `out`, `up/` and `hub/` for `in`:
+/// reorder, drop a level, the link's name.
+const ROUTES: [(&str, &str); 3] = [("r/+/+", "r/{2}/{1}"), ("d/+/#", "d/{#}"), ("l/#", "{link}/{#}")];
+
+/// One link with each of [`ROUTES`] as an `out` and as an `in` route.
 fn config(data: &std::path::Path, hub: &Broker, edge: &Broker) -> String {
-    format!(
-        r#"data_dir = "{data}"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-[admin]
-listen = "off"
-[hub]
-port = {hub}
-[defaults]
-reconnect_max_ms = 1000
-[[links]]
-name = "{LINK}"
-host = "127.0.0.1"
-port = {edge}
-[[links.routes]]
-direction = "out"
-local = "o/r/+/+"
-remote = "down/r/{{2}}/{{1}}"
-[[links.routes]]
-direction = "out"
-local = "o/d/+/#"
-remote = "down/d/{{#}}"
-[[links.routes]]
-direction = "out"
-local = "o/l/#"
-remote = "down/{{link}}/{{#}}"
-[[links.routes]]
-direction = "in"
-remote = "up/r/+/+"
-local = "hub/r/{{2}}/{{1}}"
-[[links.routes]]
-direction = "in"
-remote = "up/d/+/#"
-local = "hub/d/{{#}}"
-[[links.routes]]
-direction = "in"
-remote = "up/l/#"
-local = "hub/{{link}}/l/{{#}}"
-"#,
+    let mut text = format!(
+        "data_dir = \"{data}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[admin]\nlisten = \"off\"\n\
+         [hub]\nport = {hub}\n[defaults]\nreconnect_max_ms = 1000\n\
+         [[links]]\nname = \"{LINK}\"\nhost = \"127.0.0.1\"\nport = {edge}\n",
         data = data.display(),
         metrics = free_port(),
         hub = hub.port(),
         edge = edge.port()
-    )
+    );
+    for (read, written) in ROUTES {
+        for (direction, local, remote) in [("out", "o/", "down/"), ("in", "hub/", "up/")] {
+            let (local, remote) = match direction {
+                "out" => (format!("{local}{read}"), format!("{remote}{written}")),
+                _ => (format!("{local}{written}"), format!("{remote}{read}")),
+            };
+            text.push_str(&format!(
+                "[[links.routes]]\ndirection = \"{direction}\"\nlocal = \"{local}\"\nremote = \"{remote}\"\n"
+            ));
+        }
+    }
+    text
 }
 
 /// A route's test traffic: the topic message `seq` is published on, and
-/// the topic the template must turn it into.
+/// the topic the template must turn it into, each after its direction's
+/// prefix (`o`/`down` out, `up`/`hub` in).
 struct Case {
     name: &'static str,
     source: fn(u64) -> String,
@@ -78,59 +59,31 @@ fn a_level(seq: u64) -> String {
     }
 }
 
-/// The three cases of the `out` routes, or of the `in` routes.
-fn cases(out: bool) -> [Case; 3] {
-    if out {
-        [
-            Case {
-                name: "reorder",
-                source: |s| format!("o/r/{}/b{}", a_level(s), s % 2),
-                dest: |s| format!("down/r/b{}/{}", s % 2, a_level(s)),
-            },
-            Case {
-                name: "drop a level",
-                // Every 5th message is the parent level of `#`: nothing after it.
-                source: |s| match s % 5 {
-                    0 => format!("o/d/x{}", s % 3),
-                    _ => format!("o/d/x{}/t/{}", s % 3, s % 2),
-                },
-                dest: |s| match s % 5 {
-                    0 => "down/d".to_owned(),
-                    _ => format!("down/d/t/{}", s % 2),
-                },
-            },
-            Case {
-                name: "link name",
-                source: |s| format!("o/l/q{}", s % 4),
-                dest: |s| format!("down/{LINK}/q{}", s % 4),
-            },
-        ]
-    } else {
-        [
-            Case {
-                name: "reorder",
-                source: |s| format!("up/r/{}/b{}", a_level(s), s % 2),
-                dest: |s| format!("hub/r/b{}/{}", s % 2, a_level(s)),
-            },
-            Case {
-                name: "drop a level",
-                source: |s| match s % 5 {
-                    0 => format!("up/d/x{}", s % 3),
-                    _ => format!("up/d/x{}/t/{}", s % 3, s % 2),
-                },
-                dest: |s| match s % 5 {
-                    0 => "hub/d".to_owned(),
-                    _ => format!("hub/d/t/{}", s % 2),
-                },
-            },
-            Case {
-                name: "link name",
-                source: |s| format!("up/l/q{}", s % 4),
-                dest: |s| format!("hub/{LINK}/l/q{}", s % 4),
-            },
-        ]
-    }
-}
+/// The same three cases serve both directions (see the routes in [`config`]).
+const CASES: [Case; 3] = [
+    Case {
+        name: "reorder",
+        source: |s| format!("r/{}/b{}", a_level(s), s % 2),
+        dest: |s| format!("r/b{}/{}", s % 2, a_level(s)),
+    },
+    Case {
+        name: "drop a level",
+        // Every 5th message is the parent level of `#`: nothing after it.
+        source: |s| match s % 5 {
+            0 => format!("d/x{}", s % 3),
+            _ => format!("d/x{}/t/{}", s % 3, s % 2),
+        },
+        dest: |s| match s % 5 {
+            0 => "d".to_owned(),
+            _ => format!("d/t/{}", s % 2),
+        },
+    },
+    Case {
+        name: "link name",
+        source: |s| format!("l/q{}", s % 4),
+        dest: |s| format!("{LINK}/q{}", s % 4),
+    },
+];
 
 /// Publishes each case's N messages on the source broker and checks that
 /// the destination received every one, in order, on the templated topic.
@@ -139,33 +92,33 @@ async fn run_direction(out: bool) {
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
     let ferry = Ferry::start(&config(data.path(), &hub, &edge));
-    let (source, dest, filter) = if out {
-        (hub.addr(), edge.addr(), "down/#")
+    let (source, dest, source_prefix, dest_prefix) = if out {
+        (hub.addr(), edge.addr(), "o", "down")
     } else {
-        (edge.addr(), hub.addr(), "hub/#")
+        (edge.addr(), hub.addr(), "up", "hub")
     };
-    let sink = Collector::start(dest, "t-sink", filter, QoS::AtLeastOnce).await;
+    let sink = Collector::start(dest, "t-sink", &format!("{dest_prefix}/#"), QoS::AtLeastOnce).await;
     ferry.wait_link_up(LINK, LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    let cases = cases(out);
-    for case in &cases {
-        publish_n(source, case.source, N, QoS::AtLeastOnce, |s| seq_payload(s, 32)).await;
+    for case in &CASES {
+        let topic = |s| format!("{source_prefix}/{}", (case.source)(s));
+        publish_n(source, topic, N, QoS::AtLeastOnce, |s| seq_payload(s, 32)).await;
     }
-    let total = N as usize * cases.len();
+    let is_dest_of = |case: &Case, m: &Received| {
+        m.seq()
+            .is_some_and(|s| m.topic == format!("{dest_prefix}/{}", (case.dest)(s)))
+    };
+    let total = N as usize * CASES.len();
     assert!(sink.wait_distinct(total, LONG).await, "{}", sink.describe());
     let got = sink.messages();
-    for case in &cases {
+    for case in &CASES {
         // Each case's messages are the ones on topics it can produce.
-        let mine: Vec<Received> = got
-            .iter()
-            .filter(|m| m.seq().is_some_and(|s| m.topic == (case.dest)(s)))
-            .cloned()
-            .collect();
+        let mine: Vec<Received> = got.iter().filter(|m| is_dest_of(case, m)).cloned().collect();
         check_in_order_across_topics(&mine, N).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     }
     // Nothing arrived anywhere else: every message is on its case's topic.
     let stray: Vec<&Received> = got
         .iter()
-        .filter(|m| !cases.iter().any(|c| m.seq().is_some_and(|s| m.topic == (c.dest)(s))))
+        .filter(|m| !CASES.iter().any(|case| is_dest_of(case, m)))
         .collect();
     assert!(
         stray.is_empty(),

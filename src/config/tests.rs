@@ -672,25 +672,20 @@ fn columns_count_characters() {
     assert_eq!(error.line(), Some(3));
 }
 
+/// One `[[links.routes]]` table (4 lines).
+fn route(direction: &str, local: &str, remote: &str) -> String {
+    format!("[[links.routes]]\ndirection = {direction:?}\nlocal = {local:?}\nremote = {remote:?}\n")
+}
+
 /// One `out` route from `local` to `remote` on link "e" (route at line 5).
 fn out_route(local: &str, remote: &str) -> String {
-    with_routes(&format!(
-        "[[links.routes]]\ndirection = \"out\"\nlocal = {local:?}\nremote = {remote:?}\n"
-    ))
+    with_routes(&route("out", local, remote))
 }
 
 #[test]
 fn templates_map_in_both_directions_with_the_link_name() {
     let text = with_routes(
-        r##"[[links.routes]]
-direction = "out"
-local = "site/+/sensor/#"
-remote = "edge/{link}/{1}/{#}"
-[[links.routes]]
-direction = "in"
-remote = "up/+/+/#"
-local = "hub/{link}/{2}/{1}/{#}"
-"##,
+        &(route("out", "site/+/sensor/#", "edge/{link}/{1}/{#}") + &route("in", "hub/{link}/{2}/{1}/{#}", "up/+/+/#")),
     );
     let config = parse(&text).unwrap();
     let (out, inbound) = (&config.links[0].routes[0], &config.links[0].routes[1]);
@@ -748,17 +743,17 @@ fn bad_templates_name_their_line() {
         assert_error(&out_route(local, remote), line, needle);
     }
     // NUL, written as a TOML escape.
-    let text = with_routes("[[links.routes]]\ndirection = \"out\"\nlocal = \"a/+\"\nremote = \"b/{1}\\u0000\"\n");
+    let text = out_route("a/+", "b/{1}").replace("{1}", "{1}\\u0000");
     assert_error(&text, 8, "remote: a template cannot contain the NUL character");
     // For an `in` route the template goes in `local`, and `remote` is read.
-    let text = with_routes("[[links.routes]]\ndirection = \"in\"\nremote = \"up/{link}/#\"\nlocal = \"hub/{#}\"\n");
+    let text = with_routes(&route("in", "hub/{#}", "up/{link}/#"));
     assert_error(
         &text,
-        7,
+        8,
         "remote: {link} is a template placeholder, but remote is the filter this in route reads",
     );
-    let text = with_routes("[[links.routes]]\ndirection = \"in\"\nremote = \"up/+\"\nlocal = \"hub/{2}\"\n");
-    assert_error(&text, 8, "local: template \"hub/{2}\" uses {2}");
+    let text = with_routes(&route("in", "hub/{2}", "up/+"));
+    assert_error(&text, 7, "local: template \"hub/{2}\" uses {2}");
     // Filters without placeholders keep their braces as plain characters.
     assert!(parse(&out_route("a/{x}/#", "b/#")).is_ok());
 }
@@ -767,17 +762,7 @@ fn bad_templates_name_their_line() {
 fn bridge_loops_through_templates_are_rejected() {
     // Out writes "x/e/..." through {link}; in reads "x/e/#" back. Comparing the
     // template text itself as a filter would miss it ("{link}" is not "e").
-    let edge_loop = with_routes(
-        r##"[[links.routes]]
-direction = "out"
-local = "hub/out/#"
-remote = "x/{link}/{#}"
-[[links.routes]]
-direction = "in"
-remote = "x/e/#"
-local = "hub/in/#"
-"##,
-    );
+    let edge_loop = with_routes(&(route("out", "hub/out/#", "x/{link}/{#}") + &route("in", "hub/in/#", "x/e/#")));
     assert_error(&edge_loop, 9, "route at line 5 and route at line 9 form a bridge loop");
     assert_error(
         &edge_loop,
@@ -786,17 +771,7 @@ local = "hub/in/#"
     );
 
     // In moves the edge's level into the hub topic, out reads "hub/a/#".
-    let hub_loop = with_routes(
-        r##"[[links.routes]]
-direction = "in"
-remote = "up/+/#"
-local = "hub/{1}/{#}"
-[[links.routes]]
-direction = "out"
-local = "hub/a/#"
-remote = "down/#"
-"##,
-    );
+    let hub_loop = with_routes(&(route("in", "hub/{1}/{#}", "up/+/#") + &route("out", "hub/a/#", "down/#")));
     assert_error(
         &hub_loop,
         9,
@@ -804,30 +779,12 @@ remote = "down/#"
     );
 
     // Reordering: "a/y/x" is written as "x/y", which the in route reads.
-    let reorder_loop = with_routes(
-        r##"[[links.routes]]
-direction = "out"
-local = "a/+/+"
-remote = "{2}/{1}"
-[[links.routes]]
-direction = "in"
-remote = "x/y"
-local = "b/x/y"
-"##,
-    );
+    let reorder_loop = with_routes(&(route("out", "a/+/+", "{2}/{1}") + &route("in", "b/x/y", "x/y")));
     assert_error(&reorder_loop, 9, "bridge loop");
 
     // A template whose writes stay apart from the other direction's reads.
     let fine = with_routes(
-        r##"[[links.routes]]
-direction = "out"
-local = "hub/down/+/#"
-remote = "down/{link}/{1}/{#}"
-[[links.routes]]
-direction = "in"
-remote = "up/+/#"
-local = "hub/up/{link}/{1}/{#}"
-"##,
+        &(route("out", "hub/down/+/#", "down/{link}/{1}/{#}") + &route("in", "hub/up/{link}/{1}/{#}", "up/+/#")),
     );
     parse(&fine).unwrap();
 }
