@@ -1,8 +1,8 @@
 //! Validation: turns the raw file into a [`Config`] or the first problem in
 //! it. Checks each link's tuning over `[defaults]` over the built-in
-//! defaults, each route (filters, mapping, QoS), bridge loops between a
-//! link's routes, and that link names and every client id ferry derives are
-//! unique.
+//! defaults, each route (filters, prefix mapping or topic template, QoS),
+//! bridge loops between a link's routes, and that link names and every
+//! client id ferry derives are unique.
 
 use std::collections::HashMap;
 use std::ops::Range;
