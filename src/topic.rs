@@ -3,9 +3,17 @@
 //! Owns the MQTT rules for filters and topic names (validation, matching,
 //! whether two filters can match a common topic) and [`TopicMap`], which turns
 //! a topic read on one side of a route into the topic written on the other.
-//! Mapping replaces the part of the topic before the first wildcard level:
-//! with `edge/1/down/#` -> `down/#`, `edge/1/down/a/b` becomes `down/a/b`.
-//! Config validation and the bridge-loop check are built on these functions.
+//! A prefix mapping replaces the part of the topic before the first wildcard
+//! level: with `edge/1/down/#` -> `down/#`, `edge/1/down/a/b` becomes
+//! `down/a/b`. A template (`template`) builds the written topic from the
+//! levels the filter's wildcards matched: `site/+/sensor/#` ->
+//! `edge/{link}/{1}/{#}`. Config validation and the bridge-loop check are
+//! built on these functions.
+
+mod template;
+
+use template::Template;
+pub use template::{find_placeholder, is_template};
 
 /// Longest topic or filter MQTT can carry (a two-byte length prefix).
 const MAX_TOPIC_BYTES: usize = 65535;
@@ -128,19 +136,30 @@ fn split_at_first_wildcard(filter: &str) -> (Vec<String>, Vec<String>) {
     (prefix, tail)
 }
 
-/// Maps topics matched by one filter (`from`) to the other (`to`) by swapping
-/// the literal prefix before the first wildcard level. Both filters must have
-/// the same wildcard tail, so the levels the wildcards matched carry over
-/// unchanged. Filters without wildcards map one exact topic to another.
+/// Maps topics matched by one filter (`from`) to the topics a route writes,
+/// by a prefix mapping ([`TopicMap::new`]) or a template ([`TopicMap::template`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicMap {
     from: String,
-    to: String,
-    from_prefix_levels: usize,
-    to_prefix: Vec<String>,
+    rule: Rule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    /// Swap the literal prefix before the first wildcard level of `from`
+    /// for the one of `to`.
+    Prefix {
+        to: String,
+        from_prefix_levels: usize,
+        to_prefix: Vec<String>,
+    },
+    Template(Template),
 }
 
 impl TopicMap {
+    /// A prefix mapping from the filter `from` to the filter `to`. Both must
+    /// have the same wildcard tail, so the levels the wildcards matched carry
+    /// over unchanged. Filters without wildcards map one exact topic to another.
     pub fn new(from: &str, to: &str) -> Result<TopicMap, String> {
         validate_filter(from)?;
         validate_filter(to)?;
@@ -150,39 +169,72 @@ impl TopicMap {
             return Err(format!(
                 "{from:?} and {to:?} must have the same wildcard tail (the levels from the \
                  first `+` or `#` on), but they end in {} and {}; for example \"a/#\" can \
-                 map to \"b/c/#\"",
+                 map to \"b/c/#\", or write a template such as \"b/{{1}}/{{#}}\"",
                 describe_tail(&from_tail),
                 describe_tail(&to_tail)
             ));
         }
         Ok(TopicMap {
             from: from.to_owned(),
-            to: to.to_owned(),
-            from_prefix_levels: from_prefix.len(),
-            to_prefix,
+            rule: Rule::Prefix {
+                to: to.to_owned(),
+                from_prefix_levels: from_prefix.len(),
+                to_prefix,
+            },
         })
+    }
+
+    /// A template mapping from the filter `from` on link `link` (see the
+    /// `template` module for the syntax and its rules).
+    pub fn template(from: &str, template: &str, link: &str) -> Result<TopicMap, String> {
+        validate_filter(from)?;
+        Ok(TopicMap {
+            from: from.to_owned(),
+            rule: Rule::Template(Template::parse(from, template, link)?),
+        })
+    }
+
+    /// A filter that every topic [`TopicMap::map`] returns matches: the
+    /// destination filter of a prefix mapping, or what a template can write.
+    pub fn written_filter(&self) -> &str {
+        match &self.rule {
+            Rule::Prefix { to, .. } => to,
+            Rule::Template(template) => template.written_filter(),
+        }
+    }
+
+    pub fn is_template(&self) -> bool {
+        matches!(self.rule, Rule::Template(_))
     }
 
     /// The destination topic for `topic`, or None when `topic` does not match
     /// the `from` filter or its mapping would not be a publishable topic that
     /// `to` matches: the parent level of `a/#` mapped to `#` would be empty,
     /// and a topic starting with `$` is not matched by a leading wildcard.
+    /// A template also returns None for a topic that would be too long.
     pub fn map(&self, topic: &str) -> Option<String> {
         if !matches(&self.from, topic) {
             return None;
         }
+        let (to, from_prefix_levels, to_prefix) = match &self.rule {
+            Rule::Prefix {
+                to,
+                from_prefix_levels,
+                to_prefix,
+            } => (to, *from_prefix_levels, to_prefix),
+            Rule::Template(template) => return template.render(&self.from, topic),
+        };
         // `topic` matches `from`, so its first levels are exactly from's
         // prefix; the rest is what the wildcards matched (possibly nothing,
         // when `#` matched the parent level).
-        let matched_by_wildcards = topic.split('/').skip(self.from_prefix_levels);
-        let mapped = self
-            .to_prefix
+        let matched_by_wildcards = topic.split('/').skip(from_prefix_levels);
+        let mapped = to_prefix
             .iter()
             .map(String::as_str)
             .chain(matched_by_wildcards)
             .collect::<Vec<&str>>()
             .join("/");
-        if mapped.is_empty() || !matches(&self.to, &mapped) {
+        if mapped.is_empty() || !matches(to, &mapped) {
             return None;
         }
         Some(mapped)
@@ -393,6 +445,141 @@ mod tests {
         }
         let error = TopicMap::new("a/#/b", "c/#").unwrap_err();
         assert!(error.contains("`#` must be the last level"), "{error}");
+    }
+
+    fn template(from: &str, template: &str) -> TopicMap {
+        TopicMap::template(from, template, "e1").unwrap_or_else(|error| panic!("{from} {template}: {error}"))
+    }
+
+    #[test]
+    fn templates_reorder_drop_and_name_levels() {
+        // The issue's example: link name, first `+`, then the `#` tail.
+        let map = template("site/+/sensor/#", "edge/{link}/{1}/{#}");
+        assert_eq!(map.map("site/3/sensor/t/1").as_deref(), Some("edge/e1/3/t/1"));
+        assert_eq!(map.map("site/3/other/t"), None);
+        assert_eq!(map.written_filter(), "edge/e1/+/#");
+        assert!(map.is_template());
+        // Reorder two levels.
+        let map = template("a/+/+", "b/{2}/{1}");
+        assert_eq!(map.map("a/x/y").as_deref(), Some("b/y/x"));
+        assert_eq!(map.written_filter(), "b/+/+");
+        // Drop a level (the second `+`), keep the tail.
+        let map = template("+/+/#", "{1}/{#}");
+        assert_eq!(map.map("x/y/z/w").as_deref(), Some("x/z/w"));
+        // A capture used twice and inside a level; `{link}` alone.
+        let map = template("dev/+", "{1}/dev-{1}-{link}");
+        assert_eq!(map.map("dev/7").as_deref(), Some("7/dev-7-e1"));
+        assert_eq!(map.written_filter(), "+/+");
+        let map = template("status", "edge/{link}/status");
+        assert_eq!(map.map("status").as_deref(), Some("edge/e1/status"));
+        assert_eq!(map.written_filter(), "edge/e1/status");
+        // Literal braces-free text around `{link}` is one literal level.
+        let map = template("a/#", "x{link}y/{#}");
+        assert_eq!(map.written_filter(), "xe1y/#");
+    }
+
+    #[test]
+    fn template_edge_cases() {
+        // `#` matching zero levels leaves no dangling `/`; an empty level stays.
+        let map = template("site/+/sensor/#", "edge/{1}/{#}");
+        assert_eq!(map.map("site/3/sensor").as_deref(), Some("edge/3"));
+        assert_eq!(map.map("site/3/sensor/").as_deref(), Some("edge/3/"));
+        // An empty `+` level gives an empty capture.
+        let map = template("a/+/b", "x/{1}/y");
+        assert_eq!(map.map("a//b").as_deref(), Some("x//y"));
+        // Nothing left to publish: not written (as `a/#` -> `#` for `a`).
+        let map = template("a/#", "{#}");
+        assert_eq!(map.map("a"), None);
+        assert_eq!(map.map("a/b/c").as_deref(), Some("b/c"));
+        // A `$` capture moved to the first level falls outside "+/x", the
+        // filter the loop check relies on: not written.
+        let map = template("a/+", "{1}/x");
+        assert_eq!(map.map("a/$SYS"), None);
+        assert_eq!(map.map("a/q").as_deref(), Some("q/x"));
+        // A topic that would exceed 65535 bytes is not written.
+        let map = template("a/+", "{1}/{1}");
+        let long = "x".repeat(40_000);
+        assert_eq!(map.map(&format!("a/{long}")), None);
+    }
+
+    #[test]
+    fn bad_templates_say_what_is_wrong() {
+        let cases = [
+            (
+                "a/+/+",
+                "b/{3}",
+                "uses {3}, but the filter \"a/+/+\" has only 2 `+` levels",
+            ),
+            ("a/+", "b/{2}", "has only one `+` level"),
+            ("a/b", "b/{1}", "has no `+` level"),
+            ("a/+", "b/{1}/{#}", "uses {#}, but the filter \"a/+\" has no `#` level"),
+            ("a/#", "{#}/b", "{#} must be the last level"),
+            ("a/#", "b/x{#}", "{#} must fill the whole last level"),
+            ("a/+", "b/{x}", "unknown placeholder \"{x}\""),
+            ("a/+", "b/{}", "unknown placeholder \"{}\""),
+            ("a/+", "b/{0}", "unknown placeholder \"{0}\""),
+            ("a/+", "b/{01}", "unknown placeholder \"{01}\""),
+            ("a/+", "b/{LINK}", "unknown placeholder \"{LINK}\""),
+            ("a/+", "b/{1", "a `{` without its `}`"),
+            ("a/+", "b/1}", "a `}` without its `{`"),
+            ("a/+", "b/{1}/+", "cannot contain the wildcards"),
+            ("a/+/#", "b/{1}x#/{#}", "cannot contain the wildcards"),
+            ("a/#", "b/{link}/#", "cannot contain the wildcards"),
+            ("a/+", "b/{1}\0", "NUL"),
+        ];
+        for (from, to, expected) in cases {
+            let error = TopicMap::template(from, to, "e1").unwrap_err();
+            assert!(error.contains(expected), "{from} {to}: {error}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_found_and_plain_braces_are_not_templates_of_filters() {
+        assert_eq!(find_placeholder("a/{1}/b"), Some("{1}"));
+        assert_eq!(find_placeholder("a/{x}/{#}"), Some("{#}"));
+        assert_eq!(find_placeholder("{link}"), Some("{link}"));
+        assert_eq!(find_placeholder("a/{x}/{0}/b{"), None);
+        assert!(is_template("a/{1}") && is_template("a}") && !is_template("a/+/#"));
+    }
+
+    #[test]
+    fn property_templated_topics_match_the_written_filter() {
+        let mut rng = Lcg(11);
+        let pieces = ["{1}", "{2}", "x", "", "{link}", "p{1}q"];
+        let mut mapped_count = 0;
+        for _ in 0..20_000 {
+            let from = join_filter(&rng.levels(2), &rng.tail());
+            if from.is_empty() {
+                continue;
+            }
+            let mut levels: Vec<String> = (0..rng.next(4))
+                .map(|_| pieces[rng.next(pieces.len())].to_owned())
+                .collect();
+            if rng.next(2) == 0 {
+                levels.push("{#}".to_owned());
+            }
+            let text = levels.join("/");
+            let Ok(map) = TopicMap::template(&from, &text, "e1") else {
+                continue;
+            };
+            let topic = rng.topic_for(&from);
+            if topic.is_empty() {
+                continue;
+            }
+            if let Some(mapped) = map.map(&topic) {
+                mapped_count += 1;
+                assert_eq!(
+                    validate_topic(&mapped),
+                    Ok(()),
+                    "{from} -> {text}: {topic} -> {mapped:?}"
+                );
+                assert!(
+                    matches(map.written_filter(), &mapped),
+                    "{from} -> {text}: {topic} -> {mapped}"
+                );
+            }
+        }
+        assert!(mapped_count > 2_000, "only {mapped_count} topics mapped");
     }
 
     /// A small deterministic generator, so the property loop needs no crate.

@@ -154,12 +154,23 @@ impl Route {
         }
     }
 
-    /// The pattern on the side this route writes.
+    /// The pattern on the side this route writes (a filter or a template).
     pub(crate) fn dest_filter(&self) -> &str {
         match self.direction {
             Direction::Out => &self.remote,
             Direction::In => &self.local,
         }
+    }
+
+    /// A filter that every topic this route writes matches: the destination
+    /// filter, or for a template the filter with a `+` for each level holding a
+    /// capture, `#` for `{#}` and the link's name for `{link}`.
+    pub(crate) fn written_filter(&self) -> &str {
+        self.source_to_dest.written_filter()
+    }
+
+    pub(crate) fn is_template(&self) -> bool {
+        self.source_to_dest.is_template()
     }
 
     /// The topic to publish on the destination for a topic read on the

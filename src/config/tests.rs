@@ -671,3 +671,120 @@ fn columns_count_characters() {
     );
     assert_eq!(error.line(), Some(3));
 }
+
+/// One `[[links.routes]]` table (4 lines).
+fn route(direction: &str, local: &str, remote: &str) -> String {
+    format!("[[links.routes]]\ndirection = {direction:?}\nlocal = {local:?}\nremote = {remote:?}\n")
+}
+
+/// One `out` route from `local` to `remote` on link "e" (route at line 5).
+fn out_route(local: &str, remote: &str) -> String {
+    with_routes(&route("out", local, remote))
+}
+
+#[test]
+fn templates_map_in_both_directions_with_the_link_name() {
+    let text = with_routes(
+        &(route("out", "site/+/sensor/#", "edge/{link}/{1}/{#}") + &route("in", "hub/{link}/{2}/{1}/{#}", "up/+/+/#")),
+    );
+    let config = parse(&text).unwrap();
+    let (out, inbound) = (&config.links[0].routes[0], &config.links[0].routes[1]);
+    assert!(out.is_template() && inbound.is_template());
+    assert_eq!(out.dest_filter(), "edge/{link}/{1}/{#}");
+    assert_eq!(out.written_filter(), "edge/e/+/#");
+    assert_eq!(out.map_to_dest("site/3/sensor/t").as_deref(), Some("edge/e/3/t"));
+    assert_eq!(out.map_to_dest("site/3/sensor").as_deref(), Some("edge/e/3"));
+    assert_eq!(inbound.map_to_dest("up/a/b/c/d").as_deref(), Some("hub/e/b/a/c/d"));
+    assert!(config
+        .summary()
+        .contains("out  hub:site/+/sensor/# -> edge:edge/{link}/{1}/{#}  qos 1"));
+    // A plain prefix mapping is still one.
+    let plain = parse(&out_route("a/#", "b/#")).unwrap();
+    assert!(!plain.links[0].routes[0].is_template());
+}
+
+#[test]
+fn bad_templates_name_their_line() {
+    let cases = [
+        (
+            "site/+/+",
+            "edge/{3}",
+            8,
+            "remote: template \"edge/{3}\" uses {3}, but the filter \"site/+/+\" has only 2",
+        ),
+        (
+            "site/+",
+            "edge/{1}/{#}",
+            8,
+            "remote: template \"edge/{1}/{#}\" uses {#}, but the filter \"site/+\" has no `#`",
+        ),
+        (
+            "site/+",
+            "edge/{1}/+",
+            8,
+            "remote: a template makes topic names, which cannot contain the wildcards",
+        ),
+        ("site/#", "edge/{link}/#", 8, "cannot contain the wildcards"),
+        (
+            "site/+",
+            "edge/{name}",
+            8,
+            "remote: template \"edge/{name}\" has an unknown placeholder \"{name}\"",
+        ),
+        ("site/+", "edge/{1", 8, "without its `}`"),
+        (
+            "site/{1}",
+            "edge/x",
+            7,
+            "local: {1} is a template placeholder, but local is the filter this out route reads",
+        ),
+    ];
+    for (local, remote, line, needle) in cases {
+        assert_error(&out_route(local, remote), line, needle);
+    }
+    // NUL, written as a TOML escape.
+    let text = out_route("a/+", "b/{1}").replace("{1}", "{1}\\u0000");
+    assert_error(&text, 8, "remote: a template cannot contain the NUL character");
+    // For an `in` route the template goes in `local`, and `remote` is read.
+    let text = with_routes(&route("in", "hub/{#}", "up/{link}/#"));
+    assert_error(
+        &text,
+        8,
+        "remote: {link} is a template placeholder, but remote is the filter this in route reads",
+    );
+    let text = with_routes(&route("in", "hub/{2}", "up/+"));
+    assert_error(&text, 7, "local: template \"hub/{2}\" uses {2}");
+    // Filters without placeholders keep their braces as plain characters.
+    assert!(parse(&out_route("a/{x}/#", "b/#")).is_ok());
+}
+
+#[test]
+fn bridge_loops_through_templates_are_rejected() {
+    // Out writes "x/e/..." through {link}; in reads "x/e/#" back. Comparing the
+    // template text itself as a filter would miss it ("{link}" is not "e").
+    let edge_loop = with_routes(&(route("out", "hub/out/#", "x/{link}/{#}") + &route("in", "hub/in/#", "x/e/#")));
+    assert_error(&edge_loop, 9, "route at line 5 and route at line 9 form a bridge loop");
+    assert_error(
+        &edge_loop,
+        9,
+        "writes \"x/{link}/{#}\" (any topic matching \"x/e/#\") on the edge",
+    );
+
+    // In moves the edge's level into the hub topic, out reads "hub/a/#".
+    let hub_loop = with_routes(&(route("in", "hub/{1}/{#}", "up/+/#") + &route("out", "hub/a/#", "down/#")));
+    assert_error(
+        &hub_loop,
+        9,
+        "writes \"hub/{1}/{#}\" (any topic matching \"hub/+/#\") on the hub",
+    );
+
+    // Reordering: "a/y/x" is written as "x/y", which the in route reads.
+    let reorder_loop = with_routes(&(route("out", "a/+/+", "{2}/{1}") + &route("in", "b/x/y", "x/y")));
+    assert_error(&reorder_loop, 9, "bridge loop");
+
+    // A template whose writes stay apart from the other direction's reads.
+    let fine = with_routes(
+        &(route("out", "hub/down/+/#", "down/{link}/{1}/{#}") + &route("in", "hub/up/{link}/{1}/{#}", "up/+/#")),
+    );
+    parse(&fine).unwrap();
+}

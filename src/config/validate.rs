@@ -1,8 +1,8 @@
 //! Validation: turns the raw file into a [`Config`] or the first problem in
 //! it. Checks each link's tuning over `[defaults]` over the built-in
-//! defaults, each route (filters, mapping, QoS), bridge loops between a
-//! link's routes, and that link names and every client id ferry derives are
-//! unique.
+//! defaults, each route (filters, prefix mapping or topic template, QoS),
+//! bridge loops between a link's routes, and that link names and every
+//! client id ferry derives are unique.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -186,26 +186,46 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
     layer
 }
 
-/// Validates one route alone: its direction, filters, mapping and QoS.
-fn validate_route(text: &str, raw: &Spanned<RawRoute>) -> Result<Route, Problem> {
+/// Validates one route alone: its direction, filters, mapping (a prefix
+/// mapping or a template on the side it writes) and QoS.
+fn validate_route(text: &str, raw: &Spanned<RawRoute>, link: &str) -> Result<Route, Problem> {
     let route = raw.get_ref();
     let direction: Direction = name_value(&route.direction)?;
+    let ((source_key, source), (dest_key, dest)) = match direction {
+        Direction::Out => (("local", &route.local), ("remote", &route.remote)),
+        Direction::In => (("remote", &route.remote), ("local", &route.local)),
+    };
+    let dest_is_template = topic::is_template(dest.get_ref());
     for (key, filter) in [("local", &route.local), ("remote", &route.remote)] {
+        if dest_is_template && key == dest_key {
+            continue;
+        }
         topic::validate_filter(filter.get_ref())
             .map_err(|error| Problem::at(filter.span(), format!("{key}: {error}")))?;
     }
-    let (source, dest) = match direction {
-        Direction::Out => (&route.local, &route.remote),
-        Direction::In => (&route.remote, &route.local),
+    if let Some(placeholder) = topic::find_placeholder(source.get_ref()) {
+        return Err(Problem::at(
+            source.span(),
+            format!(
+                "{source_key}: {placeholder} is a template placeholder, but {source_key} is the filter this \
+                 {direction} route reads; a template goes on the side it writes ({dest_key})",
+                direction = direction.as_str()
+            ),
+        ));
+    }
+    let source_to_dest = if dest_is_template {
+        TopicMap::template(source.get_ref(), dest.get_ref(), link)
+            .map_err(|error| Problem::at(dest.span(), format!("{dest_key}: {error}")))?
+    } else {
+        TopicMap::new(source.get_ref(), dest.get_ref()).map_err(|error| {
+            let later = if route.local.span().start > route.remote.span().start {
+                route.local.span()
+            } else {
+                route.remote.span()
+            };
+            Problem::at(later, format!("local and remote: {error}"))
+        })?
     };
-    let source_to_dest = TopicMap::new(source.get_ref(), dest.get_ref()).map_err(|error| {
-        let later = if route.local.span().start > route.remote.span().start {
-            route.local.span()
-        } else {
-            route.remote.span()
-        };
-        Problem::at(later, format!("local and remote: {error}"))
-    })?;
     let qos = match &route.qos {
         None => DEFAULT_QOS,
         Some(raw_qos) => {
@@ -224,21 +244,24 @@ fn validate_route(text: &str, raw: &Spanned<RawRoute>) -> Result<Route, Problem>
 }
 
 /// Finds `out` and `in` routes of one link that would pass messages back and
-/// forth between hub and edge forever.
+/// forth between hub and edge forever: what one writes (as a filter, see
+/// [`Route::written_filter`]) overlaps what the other reads on that broker.
 fn check_bridge_loops(routes: &[(Route, Range<usize>)], problems: &mut Problems) {
     for (out_route, out_span) in routes.iter().filter(|(r, _)| r.direction == Direction::Out) {
         for (in_route, in_span) in routes.iter().filter(|(r, _)| r.direction == Direction::In) {
-            let reason = if topic::filters_overlap(&out_route.remote, &in_route.remote) {
+            let reason = if topic::filters_overlap(out_route.written_filter(), &in_route.remote) {
                 format!(
-                    "the out route writes {:?} on the edge and the in route reads {:?} there, \
+                    "the out route writes {} on the edge and the in route reads {:?} there, \
                      so messages would come straight back; make the two remote filters disjoint",
-                    out_route.remote, in_route.remote
+                    describe_written(out_route),
+                    in_route.remote
                 )
-            } else if topic::filters_overlap(&in_route.local, &out_route.local) {
+            } else if topic::filters_overlap(in_route.written_filter(), &out_route.local) {
                 format!(
-                    "the in route writes {:?} on the hub and the out route reads {:?} there, \
+                    "the in route writes {} on the hub and the out route reads {:?} there, \
                      so messages would go straight back; make the two local filters disjoint",
-                    in_route.local, out_route.local
+                    describe_written(in_route),
+                    out_route.local
                 )
             } else {
                 continue;
@@ -256,6 +279,20 @@ fn check_bridge_loops(routes: &[(Route, Range<usize>)], problems: &mut Problems)
                 ),
             ));
         }
+    }
+}
+
+/// What a route writes, for messages: its destination filter, or its
+/// template and the filter of every topic the template can make.
+fn describe_written(route: &Route) -> String {
+    if route.is_template() {
+        format!(
+            "{:?} (any topic matching {:?})",
+            route.dest_filter(),
+            route.written_filter()
+        )
+    } else {
+        format!("{:?}", route.dest_filter())
     }
 }
 
@@ -313,7 +350,7 @@ fn validate_link(
     }
     let mut routes = Vec::new();
     for raw_route in &raw.routes {
-        if let Some(route) = problems.take(validate_route(text, raw_route)) {
+        if let Some(route) = problems.take(validate_route(text, raw_route, &name)) {
             routes.push((route, raw_route.span()));
         }
     }
