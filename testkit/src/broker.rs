@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
 
-use super::{file_tail, free_port};
+use crate::{file_tail, free_port};
 
 /// How long a broker may take to accept TCP connections after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
