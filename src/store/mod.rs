@@ -44,6 +44,8 @@
 //! benchmarks drive it alone.
 
 mod ledger;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod model;
 mod queue;
 pub mod record;
 
