@@ -14,16 +14,15 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::broker::send_sigterm;
 use crate::file_tail;
 use crate::metrics::Metrics;
+use crate::process::{ChildSlot, StillRunning};
 
 /// How long ferry may take to serve its metrics port after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,7 +46,7 @@ pub struct Ferry {
     dir: TempDir,
     env: Vec<(String, String)>,
     metrics_addr: Option<SocketAddr>,
-    child: Mutex<Option<Child>>,
+    child: ChildSlot,
     starts: u32,
 }
 
@@ -81,7 +80,7 @@ impl Ferry {
             dir,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             metrics_addr: None,
-            child: Mutex::new(None),
+            child: ChildSlot::default(),
             starts: 0,
         };
         ferry.write_config(config_toml);
@@ -105,43 +104,26 @@ impl Ferry {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.lock_child().as_ref().map(Child::id)
+        self.child.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        match self.lock_child().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.child.is_running()
     }
 
     /// Kills ferry with SIGKILL (no chance to commit or close) and waits for it.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// Sends SIGTERM and waits up to 20 s for ferry to exit; returns its exit
     /// status (a clean shutdown is `status.success()`). Panics, with the log,
     /// if ferry is still running after 20 s or was not running.
     pub fn terminate(&mut self) -> ExitStatus {
-        let Some(mut child) = self.lock_child().take() else {
-            panic!("Ferry::terminate: ferry is not running\n{}", self.log_tail(40));
-        };
-        send_sigterm(child.id());
-        let deadline = Instant::now() + TERMINATE_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("Ferry: still running 20 s after SIGTERM\n{}", self.log_tail(60));
-                }
-            }
+        match self.child.terminate(TERMINATE_TIMEOUT) {
+            Some(Ok(status)) => status,
+            Some(Err(StillRunning)) => panic!("Ferry: still running 20 s after SIGTERM\n{}", self.log_tail(60)),
+            None => panic!("Ferry::terminate: ferry is not running\n{}", self.log_tail(40)),
         }
     }
 
@@ -239,11 +221,6 @@ impl Ferry {
             .await
     }
 
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        // A panic while the lock was held leaves the Option intact: use it anyway.
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Replaces the config file (the running ferry reads it on reload).
     pub fn write_config(&mut self, config_toml: &str) {
         let path = self.config_path();
@@ -277,7 +254,7 @@ impl Ferry {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("Ferry: cannot run {}: {e}", self.bin.display()));
-        *self.lock_child() = Some(child);
+        self.child.set(child);
         let Some(addr) = self.metrics_addr else {
             return;
         };

@@ -53,6 +53,7 @@ mod ferry;
 mod metrics;
 mod mqtt;
 mod ports;
+mod process;
 mod procfs;
 mod proxy;
 mod smallfs;
