@@ -27,7 +27,10 @@
 //! `FERRY_E2E_SCALE_INFLIGHT` (the scale scenario's window; ferry's default
 //! otherwise; the other scenarios use 1000, like mosquitto's).
 //!
-//! Every process started here is killed when its guard drops, also on panic.
+//! The brokers and the ferry process are testkit's (the harness of the
+//! integration tests); the load generator and the latency meter are this
+//! file's. Every process started here is killed when its guard drops, also
+//! on panic.
 //! Payload: 20 digits of sequence number, 20 digits of publish time (ns since
 //! the epoch), then filler.
 
