@@ -27,16 +27,16 @@
 //! `FERRY_E2E_SCALE_INFLIGHT` (the scale scenario's window; ferry's default
 //! otherwise; the other scenarios use 1000, like mosquitto's).
 //!
-//! Every process started here is killed when its guard drops, also on panic.
+//! The brokers and the ferry process are testkit's (the harness of the
+//! integration tests); the load generator and the latency meter are this
+//! file's. Every process started here is killed when its guard drops, also
+//! on panic.
 //! Payload: 20 digits of sequence number, 20 digits of publish time (ns since
 //! the epoch), then filler.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,17 +44,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tempfile::TempDir;
+use testkit::{cpu_secs, status_kib, wait_until, Broker, Ferry, MAX_INFLIGHT};
 
-const FERRY_BIN: &str = env!("CARGO_BIN_EXE_ferry");
+/// The ferry binary Cargo built for this benchmark (a release build under
+/// `cargo bench`).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// In-flight QoS 1 messages: mosquitto's `max_inflight_messages` on every
-/// broker (so for its bridge) and ferry's `inflight`.
-const INFLIGHT: usize = 1000;
-/// mosquitto's `max_queued_messages`: unlimited in effect. Not 0: in
-/// mosquitto 2.0.11, `max_queued_messages 0` stalls delivery to a client
-/// that has a queue (fixed in 2.0.17: "Fix `max_queued_message 0` stopping
-/// clients from receiving messages"); seen here as the hub stopping to
-/// send to ferry with 100,000 messages queued.
-const MAX_QUEUED: u64 = 100_000_000;
+/// broker (testkit's, so for its bridge too) and ferry's `inflight`.
+const INFLIGHT: usize = MAX_INFLIGHT;
 /// End-to-end window of the saturated runs: the publisher stays at most
 /// this many messages ahead of the subscriber, so a path is measured at
 /// the rate it sustains, not by how fast a broker's queue can grow.
@@ -114,142 +112,17 @@ impl Settings {
 
 // ---------------------------------------------------------------- processes
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("e2e: no free port")
-        .port()
+/// A mosquitto of the benchmark: testkit's broker (persistent sessions,
+/// `max_queued_messages` unlimited in effect, [`INFLIGHT`] in flight), saving
+/// its state only at a clean stop, so sessions survive a restart (the
+/// backlog scenario) without periodic saves costing CPU. `extra`: config
+/// lines appended (a bridge section).
+fn start_broker(extra: &str) -> Broker {
+    Broker::start_with(&format!("autosave_interval 0\n{extra}"))
 }
 
-fn wait_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn sigterm_and_wait(child: &mut Child, timeout: Duration) {
-    // SAFETY: kill(2) on the pid of a child this process owns and has not reaped.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn mosquitto_bin() -> &'static str {
-    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .unwrap_or("mosquitto")
-}
-
-/// A mosquitto process with its own config and temp dir; killed on drop.
-struct Broker {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Broker {
-    /// `extra`: config lines appended (a bridge section).
-    fn start(extra: &str) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-e2e-broker-")
-            .tempdir()
-            .expect("e2e: temp dir");
-        let port = free_port();
-        // Persistence on, autosave only at a clean stop: sessions survive a
-        // restart (the backlog scenario) without periodic saves costing CPU.
-        let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
-             autosave_interval 0\nmax_queued_messages {MAX_QUEUED}\nmax_queued_bytes 0\nmax_inflight_messages {INFLIGHT}\n\
-             set_tcp_nodelay true\nuser root\nlog_dest file {log}\nlog_type error\nlog_type warning\n{extra}\n",
-            data = dir.path().display(),
-            log = dir.path().join("mosquitto.log").display(),
-        );
-        fs::write(dir.path().join("mosquitto.conf"), config).expect("e2e: write mosquitto.conf");
-        let mut b = Broker { port, dir, child: None };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        self.launch();
-        assert!(
-            wait_port(self.port, Duration::from_secs(10)),
-            "e2e: mosquitto on port {} did not start",
-            self.port
-        );
-    }
-
-    /// Starts mosquitto with this broker's config, without waiting for it.
-    fn launch(&mut self) {
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("e2e: cannot run mosquitto (install it: apt-get install mosquitto)");
-        self.child = Some(child);
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("e2e: broker not running")
-    }
-
-    /// SIGTERM: mosquitto saves its sessions and queues, then exits.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sigterm_and_wait(&mut c, Duration::from_secs(60));
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.launch();
-            if wait_port(self.port, Duration::from_secs(5)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "e2e: mosquitto did not restart on port {}",
-                self.port
-            );
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+fn broker_pid(broker: &Broker) -> u32 {
+    broker.pid().expect("e2e: broker not running")
 }
 
 /// The config section that makes a hub mosquitto bridge `down/#` to `edge`.
@@ -257,7 +130,7 @@ fn bridge_section(edge: &Broker) -> String {
     format!(
         "connection edge\naddress 127.0.0.1:{}\ntopic down/# out 1\ncleansession false\nclientid hub-bridge\n\
          restart_timeout 1\ntry_private false\n",
-        edge.port
+        edge.port()
     )
 }
 
@@ -269,27 +142,24 @@ struct LinkSpec {
     remote: String,
 }
 
-/// The ferry binary with a generated config; killed on drop.
-struct Ferry {
-    dir: tempfile::TempDir,
-    metrics_port: u16,
-    child: Option<Child>,
+/// ferry (testkit's process handle, killed on drop) with a generated config,
+/// and its data directory.
+struct BenchFerry {
+    ferry: Ferry,
+    _data: TempDir,
 }
 
-impl Ferry {
+impl BenchFerry {
     /// `inflight`: the links' window; None: ferry's default.
-    fn start(hub: &Broker, links: &[LinkSpec], inflight: Option<usize>) -> Ferry {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-e2e-ferry-")
-            .tempdir()
-            .expect("e2e: temp dir");
-        let metrics_port = free_port();
+    fn start(hub: &Broker, links: &[LinkSpec], inflight: Option<usize>) -> BenchFerry {
+        let data = Ferry::data_dir_for_test();
+        let metrics_port = testkit::free_port();
         let mut c = format!(
             "data_dir = \"{}\"\n{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n\
              [defaults]\nkeepalive_secs = 10\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n{}",
-            dir.path().join("data").display(),
+            data.path().display(),
             std::env::var("FERRY_E2E_STORE_CACHE").map(|c| format!("store_cache = \"{c}\"\n")).unwrap_or_default(),
-            hub.port,
+            hub.port(),
             inflight.map(|n| format!("inflight = {n}\n")).unwrap_or_default()
         );
         for l in links {
@@ -298,149 +168,41 @@ impl Ferry {
                 l.name, l.port, l.local, l.remote
             ));
         }
-        let config = dir.path().join("ferry.toml");
-        fs::write(&config, c).expect("e2e: write ferry.toml");
-        let log = fs::File::create(dir.path().join("ferry.log")).expect("e2e: ferry.log");
-        let child = Command::new(FERRY_BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("e2e: ferry.log"))
-            .stderr(log)
-            .spawn()
-            .expect("e2e: cannot run the ferry binary");
-        let f = Ferry {
-            dir,
-            metrics_port,
-            child: Some(child),
-        };
-        assert!(
-            wait_port(metrics_port, Duration::from_secs(60)),
-            "e2e: ferry did not start:\n{}",
-            f.log()
-        );
-        f
+        let ferry = Ferry::start_with_env(FERRY, &c, &[("RUST_LOG", "warn")]);
+        BenchFerry { ferry, _data: data }
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("e2e: ferry not running")
+        self.ferry.pid().expect("e2e: ferry not running")
     }
 
-    fn log(&self) -> String {
-        let text = fs::read_to_string(self.dir.path().join("ferry.log")).unwrap_or_default();
-        text.lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn scrape(&self) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
-    }
-
-    /// Sum of `name` over the samples whose labels contain every `labels` pair.
+    /// Sum of `name` over the samples whose labels contain every `labels`
+    /// pair; 0 when it is not exported or the scrape fails.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_in(&self.scrape(), name, labels)
+        self.ferry
+            .try_scrape()
+            .map_or(0.0, |metrics| metrics.get_or_zero(name, labels))
     }
 
-    /// Waits until every link reports up.
-    fn wait_links_up(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let body = self.scrape();
-            let up = body
-                .lines()
-                .filter(|l| l.starts_with("ferry_link_up{") && l.ends_with(" 1"))
-                .count();
-            if up >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "e2e: only {up} of {n} links up after {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    /// Waits until `n` links report up.
+    async fn wait_links_up(&self, n: usize, timeout: Duration) {
+        let up = || {
+            self.ferry.try_scrape().map_or(0, |metrics| {
+                metrics
+                    .matching("ferry_link_up", &[])
+                    .iter()
+                    .filter(|s| s.value == 1.0)
+                    .count()
+            })
+        };
+        let all_up = wait_until(timeout, Duration::from_millis(200), || up() >= n).await;
+        assert!(
+            all_up,
+            "e2e: only {} of {n} links up after {timeout:?}:\n{}",
+            up(),
+            self.ferry.log_tail(20)
+        );
     }
-
-    fn wait_metric(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ok(self.metric(name, labels)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-}
-
-impl Drop for Ferry {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// CPU seconds (user + system) a process used so far, from /proc/<pid>/stat.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) end with ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after ')'.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / hz
-}
-
-/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .strip_prefix(':')?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -462,9 +224,8 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn options(addr: &str, id: &str) -> MqttOptions {
-    let (host, port) = addr.rsplit_once(':').expect("e2e: address host:port");
-    let mut o = MqttOptions::new(id, host, port.parse::<u16>().expect("e2e: port"));
+fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(Some(16 << 20));
     o
@@ -487,7 +248,7 @@ static CLIENTS: AtomicU64 = AtomicU64::new(0);
 /// count) at most [`E2E_WINDOW`] ahead of delivery, and returns when every
 /// PUBACK arrived.
 async fn publish(
-    addr: &str,
+    addr: SocketAddr,
     topics: &[String],
     base: u64,
     n: u64,
@@ -555,22 +316,25 @@ struct Seen {
 
 /// A subscriber (QoS 1, persistent session) counting distinct sequence
 /// numbers of the current run and their latencies. Reconnects when the
-/// broker goes away; stops when dropped.
-struct Collector {
+/// broker goes away; stops when dropped. Not testkit's `Collector`, which
+/// keeps every message for the tests' order checks: at a million messages
+/// that would cost the benchmark process memory and CPU the figures would
+/// then include; this keeps a flag and a latency per message.
+struct Meter {
     seen: Arc<Mutex<Seen>>,
     /// Distinct messages of the current run (for the publisher's gate).
     delivered: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Collector {
-    fn start(addr: &str, filter: &str) -> Collector {
-        Collector::start_counting(addr, filter, Arc::new(AtomicU64::new(0)))
+impl Meter {
+    fn start(addr: SocketAddr, filter: &str) -> Meter {
+        Meter::start_counting(addr, filter, Arc::new(AtomicU64::new(0)))
     }
 
     /// Like `start`, adding what it receives to `delivered` (shared by the
     /// subscribers of several brokers).
-    fn start_counting(addr: &str, filter: &str, delivered: Arc<AtomicU64>) -> Collector {
+    fn start_counting(addr: SocketAddr, filter: &str, delivered: Arc<AtomicU64>) -> Meter {
         let id = format!(
             "e2e-sub-{}-{}",
             std::process::id(),
@@ -627,7 +391,7 @@ impl Collector {
                 }
             }
         });
-        Collector { seen, delivered, task }
+        Meter { seen, delivered, task }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -671,7 +435,7 @@ impl Collector {
     }
 }
 
-impl Drop for Collector {
+impl Drop for Meter {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -679,7 +443,7 @@ impl Drop for Collector {
 
 /// Publishes `<prefix>/warm` messages until the subscriber sees one: the
 /// path (bridge connected, subscriptions in place) is ready.
-async fn warm_up(pub_addr: &str, warm_topic: &str, sub: &Collector) {
+async fn warm_up(pub_addr: SocketAddr, warm_topic: &str, sub: &Meter) {
     sub.wait_subscribed().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sub.lock().warm == 0 {
@@ -742,30 +506,30 @@ struct PathResult {
 struct Setup {
     _edge: Option<Broker>,
     _hub: Broker,
-    _ferry: Option<Ferry>,
-    pub_addr: String,
-    sub_addr: String,
+    _ferry: Option<BenchFerry>,
+    pub_addr: SocketAddr,
+    sub_addr: SocketAddr,
     bridge_pid: u32,
 }
 
-fn setup(kind: PathKind) -> Setup {
+async fn setup(kind: PathKind) -> Setup {
     match kind {
         PathKind::Direct => {
-            let b = Broker::start("");
-            let (addr, pid) = (b.addr(), b.pid());
+            let b = start_broker("");
+            let (addr, pid) = (b.addr(), broker_pid(&b));
             Setup {
                 _edge: None,
                 _hub: b,
                 _ferry: None,
-                pub_addr: addr.clone(),
+                pub_addr: addr,
                 sub_addr: addr,
                 bridge_pid: pid,
             }
         }
         PathKind::MosquittoBridge => {
-            let edge = Broker::start("");
-            let hub = Broker::start(&bridge_section(&edge));
-            let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), hub.pid());
+            let edge = start_broker("");
+            let hub = start_broker(&bridge_section(&edge));
+            let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), broker_pid(&hub));
             Setup {
                 _edge: Some(edge),
                 _hub: hub,
@@ -776,16 +540,16 @@ fn setup(kind: PathKind) -> Setup {
             }
         }
         PathKind::Ferry => {
-            let edge = Broker::start("");
-            let hub = Broker::start("");
+            let edge = start_broker("");
+            let hub = start_broker("");
             let link = LinkSpec {
                 name: "edge0".into(),
-                port: edge.port,
+                port: edge.port(),
                 local: "down/#".into(),
                 remote: "down/#".into(),
             };
-            let ferry = Ferry::start(&hub, &[link], Some(INFLIGHT));
-            ferry.wait_links_up(1, Duration::from_secs(60));
+            let ferry = BenchFerry::start(&hub, &[link], Some(INFLIGHT));
+            ferry.wait_links_up(1, Duration::from_secs(60)).await;
             let (pub_addr, sub_addr, pid) = (hub.addr(), edge.addr(), ferry.pid());
             Setup {
                 _edge: Some(edge),
@@ -800,9 +564,9 @@ fn setup(kind: PathKind) -> Setup {
 }
 
 async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
-    let setup = setup(kind);
-    let sub = Collector::start(&setup.sub_addr, "down/#");
-    warm_up(&setup.pub_addr, "down/warm", &sub).await;
+    let setup = setup(kind).await;
+    let sub = Meter::start(setup.sub_addr, "down/#");
+    warm_up(setup.pub_addr, "down/warm", &sub).await;
     let topic = vec!["down/t".to_string()];
 
     // Saturated: as fast as the publisher's window allows.
@@ -811,7 +575,7 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     let cpu0 = cpu_secs(setup.bridge_pid);
     let t0 = Instant::now();
     publish(
-        &setup.pub_addr,
+        setup.pub_addr,
         &topic,
         RUN_SPAN,
         n,
@@ -835,7 +599,7 @@ async fn run_path(kind: PathKind, payload: usize, s: &Settings) -> PathResult {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m = (s.rate * s.paced_secs) as u64;
     sub.reset(2 * RUN_SPAN, m);
-    publish(&setup.pub_addr, &topic, 2 * RUN_SPAN, m, payload, Some(s.rate), None).await;
+    publish(setup.pub_addr, &topic, 2 * RUN_SPAN, m, payload, Some(s.rate), None).await;
     sub.wait(m, Duration::from_secs(120)).await;
     let (p50, p99, max) = {
         let mut g = sub.lock();
@@ -924,25 +688,33 @@ async fn paths(s: &Settings) {
 /// Publishes `n` messages in chunks, each chunk once ferry has queued the
 /// previous one: the hub's own queue for ferry stays small (mosquitto
 /// delivers a large session queue slowly).
-async fn publish_backlog_through_ferry(hub: &Broker, ferry: &Ferry, link: &str, topic: &str, base: u64, n: u64) -> f64 {
+async fn publish_backlog_through_ferry(
+    hub: &Broker,
+    ferry: &BenchFerry,
+    link: &str,
+    topic: &str,
+    base: u64,
+    n: u64,
+) -> f64 {
     let chunk = 20_000u64;
     let t0 = Instant::now();
     let mut done = 0;
     while done < n {
         let take = chunk.min(n - done);
-        publish(&hub.addr(), &[topic.to_string()], base + done, take, 128, None, None).await;
+        publish(hub.addr(), &[topic.to_string()], base + done, take, 128, None, None).await;
         done += take;
-        let ok = ferry.wait_metric(
-            "ferry_queue_messages",
-            &[("link", link), ("direction", "out")],
-            |v| v >= done as f64,
-            Duration::from_secs(120),
-        );
-        assert!(
-            ok,
-            "e2e: ferry did not queue {done} messages within 120 s:\n{}",
-            ferry.log()
-        );
+        if let Err(e) = ferry
+            .ferry
+            .wait_metric(
+                "ferry_queue_messages",
+                &[("link", link), ("direction", "out")],
+                |v| v >= done as f64,
+                Duration::from_secs(120),
+            )
+            .await
+        {
+            panic!("e2e: ferry did not queue {done} messages within 120 s: {e}");
+        }
     }
     n as f64 / t0.elapsed().as_secs_f64()
 }
@@ -956,27 +728,27 @@ async fn backlog(s: &Settings) {
 
     // ferry, 37 links: link 0 to its own edge, 36 idle links to another.
     {
-        let mut edge = Broker::start("");
-        let others = Broker::start("");
-        let hub = Broker::start("");
+        let mut edge = start_broker("");
+        let others = start_broker("");
+        let hub = start_broker("");
         let mut links = vec![LinkSpec {
             name: "edge0".into(),
-            port: edge.port,
+            port: edge.port(),
             local: "edge/0/down/#".into(),
             remote: "down/#".into(),
         }];
         for i in 1..37 {
             links.push(LinkSpec {
                 name: format!("edge{i}"),
-                port: others.port,
+                port: others.port(),
                 local: format!("edge/{i}/down/#"),
                 remote: format!("down/{i}/#"),
             });
         }
-        let ferry = Ferry::start(&hub, &links, Some(INFLIGHT));
-        ferry.wait_links_up(37, Duration::from_secs(60));
-        let sub = Collector::start(&edge.addr(), "down/#");
-        warm_up(&hub.addr(), "edge/0/down/warm", &sub).await;
+        let ferry = BenchFerry::start(&hub, &links, Some(INFLIGHT));
+        ferry.wait_links_up(37, Duration::from_secs(60)).await;
+        let sub = Meter::start(edge.addr(), "down/#");
+        warm_up(hub.addr(), "edge/0/down/warm", &sub).await;
         edge.stop();
         sub.reset(RUN_SPAN, n);
         let ingest = publish_backlog_through_ferry(&hub, &ferry, "edge0", "edge/0/down/t", RUN_SPAN, n).await;
@@ -992,12 +764,15 @@ async fn backlog(s: &Settings) {
         );
         let (got, cpu, first, last) = restart_and_drain(&mut edge, &sub, pid, n, s.backlog_secs).await;
         // Metrics are exported once a second: wait for a sample after the drain.
-        ferry.wait_metric(
-            "ferry_queue_messages",
-            &[("link", "edge0"), ("direction", "out")],
-            |v| v == 0.0,
-            Duration::from_secs(10),
-        );
+        let _ = ferry
+            .ferry
+            .wait_metric(
+                "ferry_queue_messages",
+                &[("link", "edge0"), ("direction", "out")],
+                |v| v == 0.0,
+                Duration::from_secs(10),
+            )
+            .await;
         let empty = ferry.metric("ferry_queue_messages", &[("link", "edge0"), ("direction", "out")]);
         let hwm = status_kib(pid, "VmHWM");
         report_drain("ferry", n, got, first, last, s.backlog_secs);
@@ -1016,16 +791,16 @@ async fn backlog(s: &Settings) {
         return;
     }
     {
-        let mut edge = Broker::start("");
-        let hub = Broker::start(&bridge_section(&edge));
-        let sub = Collector::start(&edge.addr(), "down/#");
-        warm_up(&hub.addr(), "down/warm", &sub).await;
+        let mut edge = start_broker("");
+        let hub = start_broker(&bridge_section(&edge));
+        let sub = Meter::start(edge.addr(), "down/#");
+        warm_up(hub.addr(), "down/warm", &sub).await;
         edge.stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
         sub.reset(RUN_SPAN, n);
         let t = Instant::now();
-        publish(&hub.addr(), &["down/t".to_string()], RUN_SPAN, n, 128, None, None).await;
-        let pid = hub.pid();
+        publish(hub.addr(), &["down/t".to_string()], RUN_SPAN, n, 128, None, None).await;
+        let pid = broker_pid(&hub);
         println!(
             "mosquitto-bridge: {n} queued in the hub in {:.1} s ({:.0} msg/s); hub RSS {:.1} MiB (load {})",
             t.elapsed().as_secs_f64(),
@@ -1048,7 +823,7 @@ async fn backlog(s: &Settings) {
 /// seconds from the restart.
 async fn restart_and_drain(
     edge: &mut Broker,
-    sub: &Collector,
+    sub: &Meter,
     pid: u32,
     n: u64,
     secs: u64,
@@ -1088,7 +863,7 @@ fn many_links(count: usize, edges: &[Broker]) -> Vec<LinkSpec> {
     (0..count)
         .map(|i| LinkSpec {
             name: format!("edge{i}"),
-            port: edges[i % edges.len()].port,
+            port: edges[i % edges.len()].port(),
             local: format!("edge/{i}/down/#"),
             remote: format!("down/{i}/#"),
         })
@@ -1123,12 +898,12 @@ async fn scale(s: &Settings) {
         scale_inflight().map_or("100, the default".to_string(), |n| n.to_string())
     );
     {
-        let edges: Vec<Broker> = (0..4).map(|_| Broker::start("")).collect();
-        let hub = Broker::start("");
+        let edges: Vec<Broker> = (0..4).map(|_| start_broker("")).collect();
+        let hub = start_broker("");
         let links = many_links(37, &edges);
         let started = Instant::now();
-        let ferry = Ferry::start(&hub, &links, scale_inflight());
-        ferry.wait_links_up(37, Duration::from_secs(60));
+        let ferry = BenchFerry::start(&hub, &links, scale_inflight());
+        ferry.wait_links_up(37, Duration::from_secs(60)).await;
         println!(
             "37 links over 4 edge brokers: all up {:.1} s after start",
             started.elapsed().as_secs_f64()
@@ -1138,12 +913,12 @@ async fn scale(s: &Settings) {
 
         // Under load: round robin over the 37 hub topics.
         let delivered = Arc::new(AtomicU64::new(0));
-        let subs: Vec<Collector> = edges
+        let subs: Vec<Meter> = edges
             .iter()
-            .map(|e| Collector::start_counting(&e.addr(), "down/#", delivered.clone()))
+            .map(|e| Meter::start_counting(e.addr(), "down/#", delivered.clone()))
             .collect();
         for (i, sub) in subs.iter().enumerate() {
-            warm_up(&hub.addr(), &format!("edge/{i}/down/warm"), sub).await;
+            warm_up(hub.addr(), &format!("edge/{i}/down/warm"), sub).await;
         }
         let n = s.msgs;
         for sub in &subs {
@@ -1153,7 +928,7 @@ async fn scale(s: &Settings) {
         let pid = ferry.pid();
         let cpu0 = cpu_secs(pid);
         let t0 = Instant::now();
-        publish(&hub.addr(), &topics, RUN_SPAN, n, 128, None, Some(delivered.clone())).await;
+        publish(hub.addr(), &topics, RUN_SPAN, n, 128, None, Some(delivered.clone())).await;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut got = 0;
         while Instant::now() < deadline {
@@ -1176,12 +951,12 @@ async fn scale(s: &Settings) {
     }
     {
         let count = s.links;
-        let edges: Vec<Broker> = (0..4).map(|_| Broker::start("")).collect();
-        let hub = Broker::start("");
+        let edges: Vec<Broker> = (0..4).map(|_| start_broker("")).collect();
+        let hub = start_broker("");
         let links = many_links(count, &edges);
         let started = Instant::now();
-        let ferry = Ferry::start(&hub, &links, scale_inflight());
-        ferry.wait_links_up(count, Duration::from_secs(300));
+        let ferry = BenchFerry::start(&hub, &links, scale_inflight());
+        ferry.wait_links_up(count, Duration::from_secs(300)).await;
         println!(
             "{count} links over 4 edge brokers: all up {:.1} s after start",
             started.elapsed().as_secs_f64()
@@ -1214,7 +989,7 @@ fn main() {
     }
     let s = Settings::from_env();
     println!("# ferry e2e benchmark: {}", machine());
-    println!("ferry binary: {FERRY_BIN}; scenarios: {}", s.scenarios.join(","));
+    println!("ferry binary: {FERRY}; scenarios: {}", s.scenarios.join(","));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

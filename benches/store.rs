@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ferry::store::{Properties, Queue, QueueLimits, Record, Store};
+use testkit::dir_size;
 
 const PAYLOADS: [usize; 2] = [128, 4096];
 const BATCHES: [usize; 3] = [1, 16, 256];
@@ -183,20 +184,6 @@ fn open_and_disk() {
         on_disk as f64 / payload_bytes as f64,
         on_disk as f64 / record_bytes as f64
     );
-}
-
-/// Bytes of every file under `dir` (what `du --apparent-size` says).
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).expect("bench: read_dir").flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        total += if meta.is_dir() {
-            dir_size(&entry.path())
-        } else {
-            meta.len()
-        };
-    }
-    total
 }
 
 criterion_group!(benches, append_commit, read_ack);

@@ -2,17 +2,18 @@
 //! every message arrives, in order per route, through edge outages, ferry
 //! being killed -9, and the hub restarting.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
+
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_edges_both_directions_deliver_everything_in_order() {
     const N: u64 = 2_000;
     let net = Topology::start(8, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
 
     let mut down = Vec::new();
@@ -86,7 +87,7 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
     const BACKLOG: u64 = 50_000;
     const OTHERS: u64 = 500;
     let mut net = Topology::start(8, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let victim = Collector::start(net.edges[0].addr(), "t-victim", "down/#", QoS::AtLeastOnce).await;
     let mut others = Vec::new();
@@ -166,7 +167,7 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
 async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
     const N: u64 = 5_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     // The edge stops cleanly: the collector's subscription survives.
@@ -195,7 +196,7 @@ async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
 async fn hub_restarted_under_traffic_loses_nothing_either_way() {
     const N: u64 = 4_000;
     let mut net = Topology::start(1, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let down = Collector::start(net.edges[0].addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     let up = Collector::start(net.hub.addr(), "t-up", "edge/0/up/#", QoS::AtLeastOnce).await;
@@ -237,7 +238,7 @@ async fn hub_restarted_under_traffic_loses_nothing_either_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_sizes_utf8_topics_retain_and_qos_pass_unchanged() {
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     let cases: Vec<(String, Vec<u8>)> = vec![
@@ -314,7 +315,7 @@ qos = 2
         hub = hub.port(),
         edge = edge.port()
     );
-    let ferry = Ferry::start(&config);
+    let ferry = Ferry::start(FERRY, &config);
     ferry.wait_link_up("e", LONG).await.unwrap();
     let r0 = Collector::start(edge.addr(), "t-r0", "r0/#", QoS::AtLeastOnce).await;
     let r2 = Collector::start(edge.addr(), "t-r2", "r2/#", QoS::ExactlyOnce).await;
@@ -377,7 +378,7 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
         let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
         std::fs::write(&path, &text).unwrap();
         for cmd in ["check", "run"] {
-            let out = run_ferry(&[cmd, "--config", path.to_str().unwrap()]);
+            let out = run_ferry(FERRY, &[cmd, "--config", path.to_str().unwrap()]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -402,7 +403,7 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
     // And a good one is accepted and explained.
     let good = dir.path().join("good.toml");
     std::fs::write(&good, format!("{base}{}", link("edge1", "edge/1/down/#", "down/#"))).unwrap();
-    let out = run_ferry(&["check", "--config", good.to_str().unwrap()]);
+    let out = run_ferry(FERRY, &["check", "--config", good.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -415,7 +416,7 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
 async fn sigterm_commits_closes_and_exits_zero() {
     const N: u64 = 1_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     net.queue_backlog(&ferry, 0, N, 128).await;
     let status = ferry.terminate();

@@ -7,28 +7,11 @@
 //! and docs/failure-modes.md use 1,000,000).
 
 use ferry::store::{Properties, QueueLimits, Record, Store};
+use testkit::{dir_size, status_kib};
 
+/// This process's peak resident memory in KiB.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            total += if p.is_dir() {
-                dir_bytes(&p)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            };
-        }
-    }
-    total
+    status_kib(std::process::id(), "VmHWM")
 }
 
 #[test]
@@ -60,7 +43,7 @@ fn queue_churn_five_times_reuses_disk_space_and_keeps_memory_bounded() {
             store.flush().unwrap();
         }
         queued_bytes = q.depth().bytes;
-        let full = dir_bytes(dir.path());
+        let full = dir_size(dir.path());
         let mut cursor = 0;
         loop {
             let window = q.read(cursor, 1000).unwrap();
@@ -73,7 +56,7 @@ fn queue_churn_five_times_reuses_disk_space_and_keeps_memory_bounded() {
         assert_eq!(q.depth().messages, 0);
         // Let sled's background work settle, then measure.
         store.checkpoint().unwrap();
-        let drained = dir_bytes(dir.path());
+        let drained = dir_size(dir.path());
         eprintln!(
             "round {round}: {n} queued = {} MiB of records, {} MiB on disk; after drain {} MiB; peak RSS {} MiB",
             queued_bytes >> 20,

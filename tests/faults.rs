@@ -3,11 +3,12 @@
 //! over. Each test checks that no accepted message is lost, that the other
 //! links do not notice, and that ferry keeps running.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
+
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains() {
@@ -17,7 +18,7 @@ async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains
     net.keepalive_secs = 5;
     let proxy = SilentProxy::start(net.edges[0].addr()).await;
     let config = net.config_with_ports(|i| if i == 0 { proxy.port() } else { net.edges[i].port() });
-    let ferry = Ferry::start(&config);
+    let ferry = Ferry::start(FERRY, &config);
     net.wait_all_up(&ferry).await;
     // The test's own subscribers talk to the brokers directly, not through the proxy.
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
@@ -83,6 +84,7 @@ async fn a_panicking_link_task_is_restarted_and_the_other_link_keeps_delivering(
     const N: u64 = 5_000;
     let net = Topology::start(2, "");
     let ferry = Ferry::start_with_env(
+        FERRY,
         &net.config(),
         &[("FERRY_FAULT_PANIC", "edge0:1000"), ("RUST_LOG", "info")],
     );
@@ -138,7 +140,7 @@ async fn a_full_disk_holds_messages_at_the_source_and_ferry_resumes_by_itself() 
     let config = net
         .config()
         .replace(&net.data.path().display().to_string(), &data_dir.display().to_string());
-    let ferry = Ferry::start(&config);
+    let ferry = Ferry::start(FERRY, &config);
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     net.edges[0].stop(); // everything for the edge now queues on disk
@@ -177,7 +179,7 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     const N: u64 = 6_000;
     const CRASHES: u64 = 20;
     let mut net = Topology::start(2, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sinks = [
         Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await,
@@ -258,7 +260,7 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
 async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_ferry_start() {
     const N: u64 = 2_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     net.queue_backlog(&ferry, 0, N, 256).await;
     assert!(ferry.terminate().success());
@@ -275,7 +277,7 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
         .unwrap();
 
     let config = ferry.config_path();
-    let out = run_ferry(&["run", "--config", config.to_str().unwrap()]);
+    let out = run_ferry(FERRY, &["run", "--config", config.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -291,7 +293,7 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
         "the error must say what to do: {stderr}"
     );
 
-    let out = run_ferry(&["store", "quarantine", "--config", config.to_str().unwrap()]);
+    let out = run_ferry(FERRY, &["store", "quarantine", "--config", config.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "quarantine failed: {}",
@@ -340,7 +342,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let mut net = Topology::start(EDGES, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let mut sinks = Vec::new();
     for i in 0..EDGES {

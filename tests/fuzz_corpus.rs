@@ -1,7 +1,7 @@
 //! Replays the fuzz corpus as an ordinary test, so CI exercises every fuzz
 //! target without a fuzzer: each file in `fuzz/corpus/<target>/` and
 //! `fuzz/regressions/<target>/` (inputs that once found a bug) goes through
-//! the same function the cargo-fuzz target calls (src/fuzzing.rs). See
+//! the same function the cargo-fuzz target calls (src/fuzzing/). See
 //! docs/fuzzing.md for running the fuzzers themselves.
 #![cfg(feature = "fuzzing")]
 

@@ -1,16 +1,15 @@
-//! Self-test of the integration-test harness (tests/common): if these fail,
+//! Self-test of the integration-test harness (testkit/): if these fail,
 //! no other integration test can be trusted. Each test checks one promise the
 //! harness makes to the others, against real mosquitto processes.
-
-mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LONG: Duration = Duration::from_secs(30);
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn accepts_tcp(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
@@ -226,7 +225,7 @@ async fn collector_keeps_its_session_across_broker_restarts() {
         |seq| seq_payload(seq, 64),
     )
     .await;
-    assert!(collector.wait_count(500, LONG).await, "{}", collector.describe());
+    assert!(collector.wait_distinct(500, LONG).await, "{}", collector.describe());
 
     // Restarted under the connected collector: it reconnects to its saved session.
     broker.stop();
@@ -245,7 +244,7 @@ async fn collector_keeps_its_session_across_broker_restarts() {
         |seq| seq_payload(500 + seq, 64),
     )
     .await;
-    assert!(collector.wait_count(1_000, LONG).await, "{}", collector.describe());
+    assert!(collector.wait_distinct(1_000, LONG).await, "{}", collector.describe());
     let mut all = collector.messages();
 
     // Away while messages are published and the broker restarts: they are
@@ -452,10 +451,6 @@ qos = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_process_is_started_scraped_killed_restarted_and_terminated() {
-    if ferry_bin_if_available().is_none() {
-        eprintln!("skipped: no ferry binary (set FERRY_BIN)");
-        return;
-    }
     let hub = Broker::start();
     let edge = Broker::start();
     let data_dir = Ferry::data_dir_for_test();
@@ -464,11 +459,11 @@ async fn ferry_process_is_started_scraped_killed_restarted_and_terminated() {
     let check_dir = tempfile::tempdir().expect("temp dir");
     let check_path = check_dir.path().join("ferry.toml");
     std::fs::write(&check_path, &config).expect("write config");
-    let check = run_ferry(&["check", "--config", &check_path.display().to_string()]);
+    let check = run_ferry(FERRY, &["check", "--config", &check_path.display().to_string()]);
     assert!(check.status.success(), "ferry check failed: {check:?}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("edge1"), "{check:?}");
 
-    let mut ferry = Ferry::start(&config);
+    let mut ferry = Ferry::start(FERRY, &config);
     ferry
         .wait_link_up("edge1", LONG)
         .await

@@ -3,13 +3,14 @@
 //! hot reload (API and SIGHUP), the retained state topic, and the errors an
 //! operator sees.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use testkit::*;
+
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn admin(net: &Topology) -> String {
     format!("127.0.0.1:{}", net.admin_port)
@@ -20,7 +21,7 @@ fn ctl(net: &Topology, args: &[&str]) -> Output {
     let addr = admin(net);
     let mut all = args.to_vec();
     all.extend(["--admin", addr.as_str()]);
-    run_ferry(&all)
+    run_ferry(FERRY, &all)
 }
 
 fn text(out: &Output) -> String {
@@ -88,7 +89,7 @@ fn with_links(net: &Topology, keep: &[usize]) -> String {
 async fn pause_stops_forwarding_while_queueing_continues_and_resume_drains() {
     const N: u64 = 2_000;
     let net = Topology::start(2, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
@@ -154,7 +155,7 @@ async fn pause_stops_forwarding_while_queueing_continues_and_resume_drains() {
 async fn drain_then_pause_empties_the_queue_then_pauses() {
     const N: u64 = 1_500;
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     ok(ctl(&net, &["link", "pause", "edge0"]));
@@ -199,7 +200,7 @@ async fn drain_then_pause_empties_the_queue_then_pauses() {
 async fn restarting_one_link_leaves_the_others_flowing() {
     const N: u64 = 6_000;
     let net = Topology::start(2, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
@@ -277,7 +278,7 @@ async fn restarting_one_link_leaves_the_others_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_removes_and_changes_links_and_refuses_a_bad_file() {
     let net = Topology::start(4, "");
-    let mut ferry = Ferry::start(&with_links(&net, &[0, 1, 2]));
+    let mut ferry = Ferry::start(FERRY, &with_links(&net, &[0, 1, 2]));
     for i in 0..3 {
         ferry
             .wait_link_up(&format!("edge{i}"), LONG)
@@ -370,7 +371,7 @@ async fn reload_adds_removes_and_changes_links_and_refuses_a_bad_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_topic_is_retained_and_flips_to_offline_when_ferry_is_killed() {
     let net = Topology::start(1, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let watcher = Collector::start(net.hub.addr(), "t-state", "ferry/+/state", QoS::AtLeastOnce).await;
     let last_state = |c: &Collector| {
@@ -427,7 +428,7 @@ async fn operator_errors_say_what_to_do_and_health_endpoints_answer() {
         text(&out)
     );
 
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let out = ctl(&net, &["link", "pause", "nosuch"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -438,7 +439,7 @@ async fn operator_errors_say_what_to_do_and_health_endpoints_answer() {
     );
     // --config finds the admin address in the file.
     let config = ferry.config_path();
-    let table = ok(run_ferry(&["status", "--config", config.to_str().unwrap()]));
+    let table = ok(run_ferry(FERRY, &["status", "--config", config.to_str().unwrap()]));
     assert!(
         table.contains("ready") && table.lines().any(|l| l.starts_with("edge0") && l.contains("connected")),
         "{table}"

@@ -4,12 +4,13 @@
 //! starts again and its metrics still add up. Also: the tools refuse a store
 //! that a running ferry holds, and say so when there is no store yet.
 
-mod common;
-
 use std::process::Output;
 
 use base64::Engine as _;
-use common::*;
+use testkit::*;
+
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -25,7 +26,7 @@ fn queue_cmd(config: &std::path::Path, args: &[&str], code: i32) -> Output {
     let mut all = vec!["queue"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--config", config]);
-    let out = run_ferry(&all);
+    let out = run_ferry(FERRY, &all);
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -55,7 +56,7 @@ fn stats_of(config: &std::path::Path, queue: &str) -> serde_json::Value {
 async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
     const N: u64 = 50;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry();
+    let mut ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     net.queue_backlog(&ferry, 0, N, 64).await;
     assert!(
@@ -185,7 +186,7 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tools_refuse_the_store_of_a_running_ferry() {
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry();
+    let ferry = net.start_ferry(FERRY);
     net.wait_all_up(&ferry).await;
     let started = std::time::Instant::now();
     let err = stderr(&queue_cmd(&ferry.config_path(), &["stats"], 1));

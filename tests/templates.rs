@@ -4,9 +4,10 @@
 //! level). Every message arrives once, in order, on the topic the template
 //! makes.
 
-mod common;
+use testkit::*;
 
-use common::*;
+/// The ferry binary Cargo built for these tests (testkit runs the one it is given).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 const N: u64 = 60;
 const LINK: &str = "e7";
@@ -91,7 +92,7 @@ async fn run_direction(out: bool) {
     let hub = Broker::start();
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), &hub, &edge));
+    let ferry = Ferry::start(FERRY, &config(data.path(), &hub, &edge));
     let (source, dest, source_prefix, dest_prefix) = if out {
         (hub.addr(), edge.addr(), "o", "down")
     } else {
@@ -185,7 +186,7 @@ fn bad_templates_are_refused_by_check_and_run_naming_the_line() {
         let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
         std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
         for cmd in ["check", "run"] {
-            let out = run_ferry(&[cmd, "--config", &path.display().to_string()]);
+            let out = run_ferry(FERRY, &[cmd, "--config", &path.display().to_string()]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -206,7 +207,7 @@ fn bad_templates_are_refused_by_check_and_run_naming_the_line() {
     // A good template is accepted and shown as written.
     let good = dir.path().join("good.toml");
     std::fs::write(&good, route("out", "site/+/sensor/#", "edge/{link}/{1}/{#}")).unwrap_or_else(|e| panic!("{e}"));
-    let out = run_ferry(&["check", "--config", &good.display().to_string()]);
+    let out = run_ferry(FERRY, &["check", "--config", &good.display().to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(

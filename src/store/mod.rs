@@ -44,6 +44,8 @@
 //! benchmarks drive it alone.
 
 mod ledger;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod model;
 mod queue;
 pub mod record;
 
@@ -256,11 +258,7 @@ impl StoreError {
     /// True when the disk (or the quota) is full: retry later.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StoreError::Io { source, .. } | StoreError::CreateDir { source, .. } => {
-                source.raw_os_error() == Some(28)
-                    || source.kind() == std::io::ErrorKind::StorageFull
-                    || source.to_string().contains("code: 28")
-            }
+            StoreError::Io { source, .. } | StoreError::CreateDir { source, .. } => is_no_space(source),
             _ => false,
         }
     }
@@ -302,12 +300,19 @@ impl StoreError {
     }
 }
 
+/// True when `e` says the disk (or the quota) is full; sled sometimes passes
+/// the OS error on only as text ("... code: 28 ...").
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+        || e.kind() == std::io::ErrorKind::StorageFull
+        || e.to_string().contains(&format!("code: {}", libc::ENOSPC))
+}
+
 fn describe_io(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull || text.contains("code: 28") {
+    if is_no_space(e) {
         "write failed: the disk is full (no space left on device); free space on this filesystem".to_string()
     } else {
-        format!("write failed: {text}")
+        format!("write failed: {e}")
     }
 }
 

@@ -1,15 +1,16 @@
 //! Store tests: limits, reopen, locking (in this process and from another
 //! one), error texts, and a model test that runs random operation sequences
-//! against a `VecDeque` and checks contents, counters and the invariant
-//! after every step.
+//! against the reference model (`model.rs`, which the `queue_model` fuzz
+//! target drives too) and checks contents, counters and the invariant after
+//! every step.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::BufRead;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use super::model::Model;
 use super::*;
 
 fn rec(i: u64, size: usize, at: u64) -> Record {
@@ -632,81 +633,13 @@ fn concurrent_appends_and_acks_keep_the_invariant() {
     assert_invariant(&q);
 }
 
-/// Random operations against a model. Seeds are fixed: failures reproduce.
+/// Random operations against the reference model. Seeds are fixed: failures reproduce.
 /// Each run starts with one overflow policy and changes limits (policy,
 /// bytes, count, TTL) at random along the way.
 #[test]
 fn model_check_random_operations_with_reopen() {
     for seed in 1..=4u64 {
         run_model(seed, 3_000);
-    }
-}
-
-/// The model of one queue: entries in order and the totals.
-struct Model {
-    /// (seq, record, stored size); seq is `NEW` until the store assigns it.
-    entries: VecDeque<(u64, Record, u64)>,
-    totals: Totals,
-}
-
-const NEW: u64 = u64::MAX;
-
-impl Model {
-    fn bytes(&self) -> u64 {
-        self.entries.iter().map(|e| e.2).sum()
-    }
-
-    fn full_for(&self, l: &QueueLimits, size: u64) -> bool {
-        (l.max_messages > 0 && self.entries.len() as u64 + 1 > l.max_messages)
-            || (l.max_bytes > 0 && self.bytes() + size > l.max_bytes)
-    }
-
-    /// The rules of `Queue::append`, written out plainly.
-    fn append(&mut self, l: &QueueLimits, batch: &[Record]) -> AppendOutcome {
-        let mut out = AppendOutcome::default();
-        let mut evicted_new = 0;
-        'records: for (i, r) in batch.iter().enumerate() {
-            let size = size_of(r);
-            if l.max_bytes > 0 && size > l.max_bytes {
-                self.totals.received += 1;
-                self.totals.dropped[DropReason::TooLarge as usize] += 1;
-                out.dropped_new += 1;
-                continue;
-            }
-            while self.full_for(l, size) {
-                match l.overflow {
-                    Overflow::Block => {
-                        out.refused = batch.len() - i;
-                        break 'records;
-                    }
-                    Overflow::DropNew => {
-                        self.totals.received += 1;
-                        self.totals.dropped[DropReason::Overflow as usize] += 1;
-                        out.dropped_new += 1;
-                        continue 'records;
-                    }
-                    Overflow::DropOldest => {
-                        let Some(victim) = self.entries.pop_front() else { break };
-                        if victim.0 == NEW {
-                            evicted_new += 1;
-                        }
-                        self.totals.dropped[DropReason::Overflow as usize] += 1;
-                        out.evicted += 1;
-                    }
-                }
-            }
-            self.totals.received += 1;
-            self.entries.push_back((NEW, r.clone(), size));
-            out.accepted += 1;
-        }
-        out.accepted -= evicted_new;
-        out
-    }
-
-    fn remove(&mut self, seqs: &[u64]) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|e| !seqs.contains(&e.0));
-        before - self.entries.len()
     }
 }
 
@@ -730,10 +663,7 @@ fn run_model(seed: u64, steps: usize) {
     };
     let mut store = Some(Store::open(dir.path()).unwrap());
     let mut q = store.as_ref().unwrap().queue("m", lim).unwrap();
-    let mut model = Model {
-        entries: VecDeque::new(),
-        totals: Totals::default(),
-    };
+    let mut model = Model::default();
     // Every sequence number the store ever handed out is below this.
     let mut next_unused = 0u64;
     let mut clock = 0u64;
@@ -757,21 +687,22 @@ fn run_model(seed: u64, steps: usize) {
                         rec(next_id, size, clock)
                     })
                     .collect();
+                let new_from = model.next_seq;
                 let out = q.append(&batch).unwrap();
                 let expected = model.append(&lim, &batch);
                 assert_eq!(out, expected, "{ctx}: outcome");
-                // Learn the sequence numbers given to the new entries: all
-                // above every one handed out before, in order.
+                // The new entries got sequence numbers above every one
+                // handed out before, in order (the check below compares
+                // them with the model's).
                 let stored = q.read(0, usize::MAX).unwrap();
                 assert_eq!(stored.len(), model.entries.len(), "{ctx}");
-                for (m, e) in model.entries.iter_mut().zip(&stored) {
-                    if m.0 == NEW {
+                for (m, e) in model.entries.iter().zip(&stored) {
+                    if m.0 >= new_from {
                         assert!(
                             e.seq >= next_unused,
                             "{ctx}: sequence {} reused (next unused {next_unused})",
                             e.seq
                         );
-                        m.0 = e.seq;
                     }
                 }
                 // Records evicted within their own batch used numbers too;
@@ -808,29 +739,22 @@ fn run_model(seed: u64, steps: usize) {
                 };
                 window.retain(|s| !take.contains(s));
                 let removed = q.ack(&take).unwrap();
-                assert_eq!(removed, model.remove(&take), "{ctx}: acked");
-                model.totals.forwarded += removed as u64;
+                assert_eq!(removed, model.remove(&take, None), "{ctx}: acked");
             }
             780..=819 => {
                 // The destination refused some: dropped as rejected.
                 let take: Vec<u64> = window.iter().copied().filter(|_| rng.u8(0..4) == 0).collect();
                 window.retain(|s| !take.contains(s));
                 let removed = q.drop_entries(&take, DropReason::Rejected).unwrap();
-                assert_eq!(removed, model.remove(&take), "{ctx}: rejected");
-                model.totals.dropped[DropReason::Rejected as usize] += removed as u64;
+                assert_eq!(
+                    removed,
+                    model.remove(&take, Some(DropReason::Rejected)),
+                    "{ctx}: rejected"
+                );
             }
             820..=869 => {
                 let removed = q.expire(clock).unwrap();
-                let mut n = 0;
-                if let Some(ttl) = lim.ttl {
-                    let ttl = ttl.as_millis() as u64;
-                    while model.entries.front().is_some_and(|e| e.1.received_at_ms + ttl <= clock) {
-                        model.entries.pop_front();
-                        n += 1;
-                    }
-                }
-                assert_eq!(removed, n, "{ctx}: expired");
-                model.totals.dropped[DropReason::Expired as usize] += n as u64;
+                assert_eq!(removed, model.expire(&lim, clock), "{ctx}: expired");
             }
             870..=929 => {
                 // Reconnect: the drainer replays from the oldest entry.
@@ -857,33 +781,7 @@ fn run_model(seed: u64, steps: usize) {
             }
         }
         // Contents, counters and the invariant after every step.
-        let stored: Vec<(u64, Record)> = q
-            .read(0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.record))
-            .collect();
-        let expected: Vec<(u64, Record)> = model.entries.iter().map(|e| (e.0, e.1.clone())).collect();
-        assert_eq!(stored, expected, "{ctx}: contents");
-        let (d, t) = q.stats();
-        assert_eq!(t, model.totals, "{ctx}: totals");
-        assert_eq!(
-            d,
-            Depth {
-                messages: model.entries.len() as u64,
-                bytes: model.bytes()
-            },
-            "{ctx}: depth"
-        );
-        assert_eq!((q.depth(), q.totals()), (d, t), "{ctx}: stats vs depth/totals");
-        assert_invariant(&q);
-        assert_eq!(q.first_seq(), model.entries.front().map(|e| e.0), "{ctx}: first_seq");
-        assert_eq!(
-            q.oldest_received_at_ms(),
-            model.entries.front().map(|e| e.1.received_at_ms),
-            "{ctx}: oldest"
-        );
-        assert_eq!(q.has_space(), !model.full_for(&lim, 0), "{ctx}: has_space");
+        model.check(&q, &lim, &ctx);
     }
 }
 

@@ -1,10 +1,11 @@
 //! The ferry binary, run as a real process by a test.
 //!
-//! [`Ferry::start`] writes the test's config to a temp directory and runs
-//! `ferry run --config <file>` with `RUST_LOG=info`, stdout and stderr going to
+//! [`Ferry::start`] takes the binary to run (the caller's
+//! `env!("CARGO_BIN_EXE_ferry")`), writes the test's config to a temp
+//! directory and runs `ferry run --config <file>` with `RUST_LOG=info`, stdout and stderr going to
 //! a log file there (kept across restarts, one marker line per start). The test
 //! puts `data_dir` (see [`Ferry::data_dir_for_test`]) and `[metrics] listen`
-//! (with a [`free_port`](super::free_port)) into the config; the harness reads
+//! (with a [`free_port`](crate::free_port)) into the config; the harness reads
 //! the metrics address back from it to scrape `/metrics`.
 //! Dropping a `Ferry` kills it; when the test is panicking, the tail of its log
 //! is printed first, so a failure shows what ferry was doing.
@@ -12,53 +13,40 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::broker::send_sigterm;
-use super::file_tail;
-use super::metrics::Metrics;
+use crate::file_tail;
+use crate::metrics::Metrics;
+use crate::process::{ChildSlot, StillRunning};
 
 /// How long ferry may take to serve its metrics port after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long ferry may take to exit after SIGTERM (commit, close cleanly).
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The ferry binary: Cargo's `CARGO_BIN_EXE_ferry` inside the ferry crate's
-/// tests, else `$FERRY_BIN`; `None` when neither is set.
-pub fn ferry_bin_if_available() -> Option<PathBuf> {
-    if let Some(path) = option_env!("CARGO_BIN_EXE_ferry") {
-        return Some(PathBuf::from(path));
-    }
-    std::env::var_os("FERRY_BIN").map(PathBuf::from)
-}
-
-/// The ferry binary; panics when it is not known (see [`ferry_bin_if_available`]).
-pub fn ferry_bin() -> PathBuf {
-    ferry_bin_if_available().unwrap_or_else(|| panic!("ferry binary unknown: not built by cargo and FERRY_BIN unset"))
-}
-
-/// Runs `ferry <args>` to completion (for CLI tests such as `ferry check`).
-pub fn run_ferry(args: &[&str]) -> Output {
-    Command::new(ferry_bin())
+/// Runs `<ferry_bin> <args>` to completion (for CLI tests such as `ferry check`).
+pub fn run_ferry(ferry_bin: impl AsRef<Path>, args: &[&str]) -> Output {
+    let bin = ferry_bin.as_ref();
+    Command::new(bin)
         .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ferry_bin().display()))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 pub struct Ferry {
+    bin: PathBuf,
     dir: TempDir,
     env: Vec<(String, String)>,
     metrics_addr: Option<SocketAddr>,
-    child: Mutex<Option<Child>>,
+    child: ChildSlot,
     starts: u32,
 }
 
@@ -72,26 +60,27 @@ impl Ferry {
             .unwrap_or_else(|e| panic!("Ferry: cannot create a temp dir: {e}"))
     }
 
-    /// Writes `config_toml` to a temp file, runs `ferry run --config <file>`
+    /// Writes `config_toml` to a temp file, runs `<ferry_bin> run --config <file>`
     /// and, when the config has `[metrics] listen`, waits until that port
     /// accepts connections. Panics with ferry's log if it exits or is not
     /// listening within 30 s.
-    pub fn start(config_toml: &str) -> Ferry {
-        Ferry::start_with_env(config_toml, &[])
+    pub fn start(ferry_bin: impl AsRef<Path>, config_toml: &str) -> Ferry {
+        Ferry::start_with_env(ferry_bin, config_toml, &[])
     }
 
     /// Like [`Ferry::start`], with extra environment variables for ferry
     /// (they override the harness's `RUST_LOG=info`).
-    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Ferry {
+    pub fn start_with_env(ferry_bin: impl AsRef<Path>, config_toml: &str, env: &[(&str, &str)]) -> Ferry {
         let dir = tempfile::Builder::new()
             .prefix("ferry-test-run-")
             .tempdir()
             .unwrap_or_else(|e| panic!("Ferry: cannot create a temp dir: {e}"));
         let mut ferry = Ferry {
+            bin: ferry_bin.as_ref().to_path_buf(),
             dir,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             metrics_addr: None,
-            child: Mutex::new(None),
+            child: ChildSlot::default(),
             starts: 0,
         };
         ferry.write_config(config_toml);
@@ -99,7 +88,7 @@ impl Ferry {
         ferry
     }
 
-    /// The config file ferry runs with (e.g. for `run_ferry(&["check", "--config", ...])`).
+    /// The config file ferry runs with (e.g. for `run_ferry(FERRY, &["check", "--config", ...])`).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("ferry.toml")
     }
@@ -115,43 +104,26 @@ impl Ferry {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.lock_child().as_ref().map(Child::id)
+        self.child.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        match self.lock_child().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.child.is_running()
     }
 
     /// Kills ferry with SIGKILL (no chance to commit or close) and waits for it.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// Sends SIGTERM and waits up to 20 s for ferry to exit; returns its exit
     /// status (a clean shutdown is `status.success()`). Panics, with the log,
     /// if ferry is still running after 20 s or was not running.
     pub fn terminate(&mut self) -> ExitStatus {
-        let Some(mut child) = self.lock_child().take() else {
-            panic!("Ferry::terminate: ferry is not running\n{}", self.log_tail(40));
-        };
-        send_sigterm(child.id());
-        let deadline = Instant::now() + TERMINATE_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("Ferry: still running 20 s after SIGTERM\n{}", self.log_tail(60));
-                }
-            }
+        match self.child.terminate(TERMINATE_TIMEOUT) {
+            Some(Ok(status)) => status,
+            Some(Err(StillRunning)) => panic!("Ferry: still running 20 s after SIGTERM\n{}", self.log_tail(60)),
+            None => panic!("Ferry::terminate: ferry is not running\n{}", self.log_tail(40)),
         }
     }
 
@@ -187,7 +159,7 @@ impl Ferry {
 
     /// Waits until the log contains `needle`; false after `timeout`.
     pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        super::wait_until(timeout, Duration::from_millis(50), || self.log().contains(needle)).await
+        crate::wait_until(timeout, Duration::from_millis(50), || self.log().contains(needle)).await
     }
 
     /// Scrapes `/metrics`; panics (with ferry's log) when that fails.
@@ -249,11 +221,6 @@ impl Ferry {
             .await
     }
 
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        // A panic while the lock was held leaves the Option intact: use it anyway.
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Replaces the config file (the running ferry reads it on reload).
     pub fn write_config(&mut self, config_toml: &str) {
         let path = self.config_path();
@@ -273,7 +240,7 @@ impl Ferry {
         let stdout = log
             .try_clone()
             .unwrap_or_else(|e| panic!("Ferry: cannot reopen {}: {e}", log_path.display()));
-        let mut command = Command::new(ferry_bin());
+        let mut command = Command::new(&self.bin);
         command
             .arg("run")
             .arg("--config")
@@ -286,8 +253,8 @@ impl Ferry {
             .stderr(log);
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("Ferry: cannot run {}: {e}", ferry_bin().display()));
-        *self.lock_child() = Some(child);
+            .unwrap_or_else(|e| panic!("Ferry: cannot run {}: {e}", self.bin.display()));
+        self.child.set(child);
         let Some(addr) = self.metrics_addr else {
             return;
         };

@@ -1,12 +1,10 @@
 //! A ready-made test network: a hub and `n` edge brokers, and the ferry
 //! configuration that links them.
 
+use std::path::Path;
 use std::time::Duration;
 
-use super::{free_port, publish_n, seq_payload, wait_until_async, Broker, Ferry, QoS};
-
-/// The generous timeout tests wait with for a condition.
-pub const LONG: Duration = Duration::from_secs(120);
+use crate::{free_port, publish_n, seq_payload, wait_until_async, Broker, Ferry, QoS, LONG};
 
 /// The hub topic of edge `i`'s `out` route in a [`Topology`].
 pub fn down_topic(edge: usize) -> String {
@@ -66,8 +64,8 @@ impl Topology {
         c
     }
 
-    pub fn start_ferry(&self) -> Ferry {
-        Ferry::start(&self.config())
+    pub fn start_ferry(&self, ferry_bin: impl AsRef<Path>) -> Ferry {
+        Ferry::start(ferry_bin, &self.config())
     }
 
     pub async fn wait_all_up(&self, ferry: &Ferry) {

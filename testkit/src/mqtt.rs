@@ -23,7 +23,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::task::JoinHandle;
 
-use super::wait_until;
+use crate::wait_until;
 
 /// Largest packet the test clients send or accept (ferry passes 1 MiB payloads).
 const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::free_bytes;
+
 pub struct SmallFs {
     dir: tempfile::TempDir,
 }
@@ -43,16 +45,6 @@ impl SmallFs {
         }
         filler
     }
-}
-
-/// Free bytes on the filesystem of `dir` (via `df`, to stay dependency-free).
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    let out = Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(dir)
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
 }
 
 impl Drop for SmallFs {

@@ -1,4 +1,5 @@
-//! The integration-test harness: real processes on loopback, no mocks.
+//! testkit: the harness of ferry's integration tests and benchmarks: real
+//! processes on loopback, no mocks.
 //!
 //! Every test starts its own mosquitto brokers ([`Broker`]) and its own ferry
 //! ([`Ferry`]) on free 127.0.0.1 ports, each with its own temp directory, so
@@ -6,22 +7,33 @@
 //! Every process is killed when its handle is dropped, also when the test
 //! panics; a panicking test prints the tail of ferry's and the brokers' logs.
 //!
+//! The ferry binary is always passed in by the caller: Cargo tells only the
+//! ferry package's own tests and benchmarks where it built it
+//! (`env!("CARGO_BIN_EXE_ferry")`), so each of those files has
+//! `const FERRY: &str = env!("CARGO_BIN_EXE_ferry");` and hands `FERRY` to
+//! [`Ferry::start`], [`run_ferry`] and [`Topology::start_ferry`]. No
+//! environment variable or search path can make a test run a stale binary.
+//!
 //! MQTT traffic is made and checked with MQTT v5 clients (rumqttc): [`publish_n`]
 //! publishes numbered messages ([`seq_payload`]) and waits for every ack;
 //! a [`Collector`] records everything it receives on a persistent session and
 //! survives broker restarts; [`check_in_order`] verifies completeness and order.
 //! [`SilentProxy`] simulates a peer that goes silent (powered off, partitioned).
+//! [`SmallFs`] is a tiny real filesystem for disk-full tests; [`dir_size`] and
+//! [`free_bytes`] measure disk use; [`status_kib`] and [`cpu_secs`] read a
+//! process's memory and CPU from /proc.
 //!
 //! Tests wait for conditions ([`wait_until`], [`Collector::wait_count`],
-//! [`Ferry::wait_metric`]) with generous timeouts, never for fixed times.
-//! Async tests use `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
+//! [`Ferry::wait_metric`]) with generous timeouts ([`LONG`]), never for fixed
+//! times. Async tests use `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
 //!
 //! A test, in short (the config text is ferry's TOML, with the harness's ports):
 //! ```ignore
+//! const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 //! let hub = Broker::start();
 //! let edge = Broker::start();
 //! let data_dir = Ferry::data_dir_for_test();        // outlives ferry's restarts
-//! let ferry = Ferry::start(&config(data_dir.path(), free_port(), &hub, &edge));
+//! let ferry = Ferry::start(FERRY, &config(data_dir.path(), free_port(), &hub, &edge));
 //! let down = Collector::start(edge.addr(), "test-edge1", "down/#", QoS::AtLeastOnce).await;
 //! ferry.wait_link_up("edge1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
 //! publish_n(hub.addr(), |_| "edge/1/down/x".into(), 1_000, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
@@ -32,35 +44,40 @@
 //! (its subscription) is on the broker's disk: otherwise the restarted broker
 //! may take ferry's messages before the Collector has subscribed again.
 //!
-//! Each test binary uses a subset of this module, hence the `allow` below.
-#![allow(dead_code, unused_imports)]
+//! One concept per module; a new one (say a test filesystem) is a file here,
+//! a `mod` line and a `pub use` line below.
 
 mod broker;
+mod disk;
 mod ferry;
 mod metrics;
 mod mqtt;
 mod ports;
+mod process;
+mod procfs;
 mod proxy;
 mod smallfs;
 mod topology;
 mod wait;
 
 pub use broker::{Broker, MAX_INFLIGHT};
-pub use ferry::{ferry_bin, ferry_bin_if_available, run_ferry, scrape_addr, Ferry};
+pub use disk::{dir_size, free_bytes};
+pub use ferry::{run_ferry, scrape_addr, Ferry};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
     check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload, seq_payload_intact,
     Collector, OrderReport, PublishReport, Received,
 };
 pub use ports::free_port;
+pub use procfs::{cpu_secs, status_kib};
 pub use proxy::SilentProxy;
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use smallfs::SmallFs;
-pub use topology::{down_topic, Topology, LONG};
-pub use wait::{wait_until, wait_until_async};
+pub use topology::{down_topic, Topology};
+pub use wait::{wait_until, wait_until_async, LONG};
 
 /// The last `lines` lines of a text file, or a note saying why there are none.
-pub(crate) fn file_tail(path: &std::path::Path, lines: usize) -> String {
+fn file_tail(path: &std::path::Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::free_port;
+use crate::free_port;
 
 pub struct SilentProxy {
     addr: SocketAddr,

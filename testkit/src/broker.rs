@@ -11,14 +11,14 @@
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
 
-use super::{file_tail, free_port};
+use crate::process::{ChildSlot, StillRunning};
+use crate::{file_tail, free_port};
 
 /// How long a broker may take to accept TCP connections after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +34,7 @@ pub struct Broker {
     port: u16,
     dir: TempDir,
     extra_config: String,
-    child: Mutex<Option<Child>>,
+    child: ChildSlot,
 }
 
 impl Broker {
@@ -56,7 +56,7 @@ impl Broker {
             port: free_port(),
             dir,
             extra_config: extra.to_string(),
-            child: Mutex::new(None),
+            child: ChildSlot::default(),
         };
         let data_dir = broker.data_dir();
         fs::create_dir_all(&data_dir).unwrap_or_else(|e| panic!("Broker: cannot create {}: {e}", data_dir.display()));
@@ -92,47 +92,31 @@ impl Broker {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.lock_child().as_ref().map(Child::id)
+        self.child.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        match self.lock_child().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.child.is_running()
     }
 
     /// Kills the broker with SIGKILL and waits for it: like a power cut, it
     /// loses whatever it had not saved yet (call [`Broker::checkpoint`] first
     /// when sessions made just before must survive). The port is free afterwards.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// Stops the broker with SIGTERM and waits until it has exited; mosquitto
     /// saves its database first, so sessions and queued messages survive a
     /// [`Broker::restart`]. Panics if it has not exited within 30 s.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.lock_child().take()?;
-        send_sigterm(child.id());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "Broker on port {}: still running 30 s after SIGTERM\n{}",
-                        self.port,
-                        self.log_tail()
-                    );
-                }
-            }
+        match self.child.terminate(STOP_TIMEOUT)? {
+            Ok(status) => Some(status),
+            Err(StillRunning) => panic!(
+                "Broker on port {}: still running 30 s after SIGTERM\n{}",
+                self.port,
+                self.log_tail()
+            ),
         }
     }
 
@@ -221,11 +205,6 @@ impl Broker {
         )
     }
 
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        // A panic while the lock was held leaves the Option intact: use it anyway.
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -286,7 +265,7 @@ impl Broker {
                 });
             }
             if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
-                *self.lock_child() = Some(child);
+                self.child.set(child);
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -345,15 +324,6 @@ pub fn mosquitto_bin() -> PathBuf {
         ])
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("mosquitto not found (PATH, /usr/sbin): run scripts/test, which installs it"))
-}
-
-/// Sends SIGTERM through the shell's `kill` builtin (std has no way to send
-/// a signal other than SIGKILL, and this avoids a libc dependency).
-pub(crate) fn send_sigterm(pid: u32) {
-    let _ = Command::new("sh")
-        .args(["-c", "kill -s TERM \"$1\"", "sh", &pid.to_string()])
-        .stdin(Stdio::null())
-        .status();
 }
 
 /// The text a file gained after its first `offset` bytes.

@@ -3,6 +3,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The generous timeout tests wait with for a condition.
+pub const LONG: Duration = Duration::from_secs(120);
+
 /// Polls `condition` every `poll_interval` until it is true (returns true) or
 /// `timeout` has passed (returns false). The condition is checked once more at
 /// the deadline, so a slow poll never turns a success into a failure.
