@@ -25,6 +25,8 @@ pub const QUEUE_BYTES: &str = "ferry_queue_bytes";
 pub const QUEUE_OLDEST_AGE: &str = "ferry_queue_oldest_age_seconds";
 pub const LINK_UP: &str = "ferry_link_up";
 pub const LINK_PAUSED: &str = "ferry_link_paused";
+pub const LINK_DRAIN_RATE: &str = "ferry_link_drain_rate";
+pub const LINK_DRAIN_BYTES_RATE: &str = "ferry_link_drain_bytes_rate";
 pub const CONNECTION_UP: &str = "ferry_connection_up";
 pub const RECONNECTS: &str = "ferry_reconnects_total";
 pub const TASK_RESTARTS: &str = "ferry_task_restarts_total";
@@ -106,6 +108,14 @@ fn describe() {
         LINK_PAUSED,
         "1 while the operator has the link paused or draining (ferry link pause|drain)."
     );
+    describe_gauge!(
+        LINK_DRAIN_RATE,
+        "The link's drain pace in messages per second (drain_rate, or ferry link rate); 0 when off."
+    );
+    describe_gauge!(
+        LINK_DRAIN_BYTES_RATE,
+        "The link's drain pace in bytes per second (drain_bytes_rate, or ferry link rate --bytes); 0 when off."
+    );
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
     describe_counter!(
@@ -162,6 +172,8 @@ pub fn report_queue(link: &str, direction: Direction, queue: &Queue, now_ms: u64
 pub fn forget_link(link: &str) {
     gauge!(LINK_UP, "link" => link.to_string()).set(0.0);
     gauge!(LINK_PAUSED, "link" => link.to_string()).set(0.0);
+    gauge!(LINK_DRAIN_RATE, "link" => link.to_string()).set(0.0);
+    gauge!(LINK_DRAIN_BYTES_RATE, "link" => link.to_string()).set(0.0);
     for direction in [Direction::Out, Direction::In] {
         let labels = [
             ("link", link.to_string()),

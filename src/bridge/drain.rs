@@ -12,6 +12,11 @@
 //! It does emit `Outgoing::Publish(pkid)` for each publish in the order the
 //! requests were made, so a FIFO of sent sequence numbers, popped on that
 //! event, maps packet ids to queue entries.
+//!
+//! A paced link ([`super::pace`]) gives the drain a token bucket: `fill`
+//! stops before a publish the bucket refuses (that entry is read again), and
+//! the loop waits for the bucket beside everything else, so acks and
+//! reconnects are handled while it waits.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -40,6 +45,7 @@ pub struct Drain {
     pub events: mpsc::Receiver<ConnEvent>,
     pub shutdown: CancellationToken,
     pub connection_stop: CancellationToken,
+    pub pace: super::pace::Bucket,
 }
 
 /// A backlog at least this long gets progress lines while it drains.
@@ -147,6 +153,7 @@ impl Drain {
                     None => return,
                 },
                 _ = self.queue.appended().notified(), if room => {}
+                _ = self.pace.ready(), if room && self.pace.is_blocked() => {}
                 _ = expiry_tick.tick(), if self.ttl.is_some() => self.expire(),
                 _ = progress_tick.tick() => progress.observe(&self.link, self.direction, &self.queue, w.client.is_some()),
             }
@@ -290,7 +297,7 @@ impl Drain {
     async fn fill(&mut self, w: &mut Window) {
         while w.outstanding() < self.window {
             let Some((_, client)) = w.client.clone() else { return };
-            let want = self.window - w.outstanding();
+            let want = (self.window - w.outstanding()).min(self.pace.allowance());
             let queue = self.queue.clone();
             let cursor = w.cursor;
             let entries = match tokio::task::spawn_blocking(move || queue.read(cursor, want)).await {
@@ -309,7 +316,13 @@ impl Drain {
             }
             let got = entries.len();
             let mut expired = Vec::new();
+            let mut paced = false;
             for Entry { seq, record } in entries {
+                // Paced: this entry and the rest are read again when the bucket allows.
+                if !self.pace.try_take((record.topic.len() + record.payload.len()) as u64) {
+                    paced = true;
+                    break;
+                }
                 w.cursor = seq + 1;
                 let now = m::now_ms();
                 let Some(props) = self.properties_now(&record, now) else {
@@ -341,7 +354,7 @@ impl Drain {
                 let queue = self.queue.clone();
                 let _ = tokio::task::spawn_blocking(move || queue.drop_entries(&expired, DropReason::Expired)).await;
             }
-            if got < want {
+            if got < want || paced {
                 return;
             }
         }

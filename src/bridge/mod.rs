@@ -15,6 +15,7 @@
 pub mod connection;
 pub mod drain;
 pub mod ingest;
+pub mod pace;
 
 use std::sync::Arc;
 
@@ -70,7 +71,8 @@ impl Half {
 
 /// Spawns one half of a link, for every direction it has, into `tasks`.
 /// All of them stop when `stop` is cancelled: ingest first commits and
-/// acknowledges what it holds. Returns the status of each connection.
+/// acknowledges what it holds. Each drain is paced by a bucket of `pace`.
+/// Returns the status of each connection.
 pub fn spawn_half(
     half: Half,
     link: &LinkConfig,
@@ -79,6 +81,7 @@ pub fn spawn_half(
     queues: &[(Direction, Queue)],
     stop: &CancellationToken,
     tasks: &mut JoinSet<&'static str>,
+    pace: &pace::Pace,
 ) -> Vec<Arc<ConnStatus>> {
     let (hub_ep, edge_ep) = endpoints(link, hub);
     let mut connections = Vec::new();
@@ -143,6 +146,7 @@ pub fn spawn_half(
                     events: events_rx,
                     shutdown: stop.clone(),
                     connection_stop,
+                    pace: pace.bucket(),
                 };
                 tasks.spawn(async move {
                     drain.run().await;

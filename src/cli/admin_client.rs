@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::cli::render::{format_age, format_bytes, render_table};
 use crate::config::Config;
 use crate::daemon::control::{ErrorReply, ProcessView};
+use crate::bridge::pace::Rates;
 use crate::link::status::State;
 use crate::names::Direction;
 
@@ -140,6 +141,7 @@ pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
         "IN QUEUED",
         "IN OLDEST",
         "RESTARTS",
+        "PACE",
         "LAST ERROR",
     ]
     .map(String::from)];
@@ -182,6 +184,10 @@ pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
             depth(Direction::In),
             oldest(Direction::In),
             link.restarts.to_string(),
+            match describe_pace(&link.pace.now) {
+                pace if link.pace.now != link.pace.config => format!("{pace} (run-time)"),
+                pace => pace,
+            },
             last_error,
         ]);
     }
@@ -190,6 +196,22 @@ pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
         out.push_str("(no links configured)\n");
     }
     out
+}
+
+/// "500/s", "1.0 MiB/s", "500/s, 1.0 MiB/s", or "off".
+pub fn describe_pace(rates: &Rates) -> String {
+    let parts: Vec<String> = [
+        rates.drain_rate.map(|r| format!("{r}/s")),
+        rates.drain_bytes_rate.map(|r| format!("{}/s", format_bytes(r))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "off".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +248,8 @@ mod tests {
                  "queues": [queue("out", 0, 0, 0.0), queue("in", 0, 0, 0.0)]},
                 {"name": "edge2", "state": "connecting", "mode": "running", "enabled": true, "restart_at_ms": null,
                  "restarts": 1, "last_error": "out edge drain: refused", "last_error_ms": 9_000,
+                 "pace": {"drain_rate": 500, "drain_bytes_rate": null,
+                    "config": {"drain_rate": null, "drain_bytes_rate": null}},
                  "connections": [{"direction": "out", "side": "edge", "role": "drain", "up": false,
                     "since_ms": 9_000, "next_attempt_ms": 12_000, "last_error": "refused", "last_error_ms": 9_000}],
                  "queues": [queue("out", 20000, 3_000_000, 72.0)]}
@@ -243,7 +267,8 @@ mod tests {
         assert!(
             lines[5].contains("connecting (retry in 2s)")
                 && lines[5].contains("20000 (")
-                && lines[5].contains("1m 12s"),
+                && lines[5].contains("1m 12s")
+                && lines[5].contains("500/s (run-time)"),
             "{table}"
         );
         assert!(lines[5].ends_with("1s ago: out edge drain: refused"), "{table}");

@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::daemon::control::{ProcessView, ReloadReport};
+use crate::daemon::control::{ProcessView, RateReply, ReloadReport};
 use crate::link::supervisor::Command as LinkCommand;
 use crate::names::Direction;
 
@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pause, resume, restart or drain one link of a running ferry.
+    /// Pause, resume, restart, drain or pace one link of a running ferry.
     ///
     /// pause:   stop forwarding; messages keep being received and queued.
     /// resume:  forward (and receive) again.
@@ -72,13 +72,23 @@ enum Command {
     /// drain:   stop receiving (the source brokers hold new messages in
     ///          ferry's sessions), forward until the queues are empty, then
     ///          pause. Use before maintenance of the link or of ferry.
+    /// rate:    pace the link's drains: `ferry link rate NAME 500/s` (messages
+    ///          per second), `--bytes 1MiB/s` (bytes per second), `off`.
+    ///          At once, also mid-backlog; until the next reload or restart
+    ///          of ferry (then drain_rate/drain_bytes_rate of the config apply).
     /// Other links are not touched. A pause lasts until resume, a reload
     /// that changes the link, or a restart of ferry.
     Link {
         #[arg(value_enum)]
-        action: LinkCommand,
+        action: LinkAction,
         /// The link's name, as in the config.
         name: String,
+        /// For `rate`: messages per second, like 500/s, or off.
+        #[arg(value_name = "RATE")]
+        rate: Option<String>,
+        /// For `rate`: bytes per second, like 1MiB/s, or off.
+        #[arg(long, value_name = "RATE")]
+        bytes: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -114,14 +124,33 @@ struct AdminTarget {
     admin: Option<SocketAddr>,
 }
 
+/// `ferry link ACTION`: the supervisor's actions, and `rate` (the drain
+/// pace, which the admin API changes without the supervisor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkAction {
+    Command(LinkCommand),
+    Rate,
+}
+
+const LINK_ACTIONS: [LinkAction; 5] = [
+    LinkAction::Command(LinkCommand::ALL[0]),
+    LinkAction::Command(LinkCommand::ALL[1]),
+    LinkAction::Command(LinkCommand::ALL[2]),
+    LinkAction::Command(LinkCommand::ALL[3]),
+    LinkAction::Rate,
+];
+
 /// The link actions on the command line, spelled as everywhere else.
-impl ValueEnum for LinkCommand {
+impl ValueEnum for LinkAction {
     fn value_variants<'a>() -> &'a [Self] {
-        &LinkCommand::ALL
+        &LINK_ACTIONS
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.as_str()))
+        Some(clap::builder::PossibleValue::new(match self {
+            LinkAction::Command(command) => command.as_str(),
+            LinkAction::Rate => "rate",
+        }))
     }
 }
 
@@ -250,7 +279,43 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", admin_client::render_status(&view, crate::metrics::now_ms()));
             }
         }
-        Command::Link { action, name, target } => {
+        Command::Link {
+            action: LinkAction::Rate,
+            name,
+            rate,
+            bytes,
+            target,
+        } => {
+            let mut query = Vec::new();
+            for (key, value, parse) in [
+                ("drain_rate", &rate, crate::config::parse_drain_rate as fn(&str) -> _),
+                ("drain_bytes_rate", &bytes, crate::config::parse_drain_bytes_rate),
+            ] {
+                if let Some(value) = value {
+                    parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+                    query.push(format!("{key}={}", value.trim().replace(' ', "+")));
+                }
+            }
+            if query.is_empty() {
+                return Err(Usage("give a rate: `ferry link rate NAME 500/s` (or off), --bytes 1MiB/s").into());
+            }
+            let reply = admin_call(&target, "POST", &format!("/v1/links/{name}/rate?{}", query.join("&")))?;
+            let reply: RateReply = reply.parse().map_err(anyhow::Error::msg)?;
+            println!(
+                "link {name}: drain pace {} (until {})",
+                admin_client::describe_pace(&reply.pace.now),
+                reply.until
+            );
+        }
+        Command::Link { rate: Some(_), .. } | Command::Link { bytes: Some(_), .. } => {
+            return Err(Usage("only `ferry link rate` takes a rate").into());
+        }
+        Command::Link {
+            action: LinkAction::Command(action),
+            name,
+            target,
+            ..
+        } => {
             admin_call(&target, "POST", &format!("/v1/links/{name}/{}", action.as_str()))?;
             let done = match action {
                 LinkCommand::Pause => "paused: forwarding stopped, messages keep being queued",

@@ -34,12 +34,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
 use crate::secret::Secret;
 use crate::store::Overflow;
 use crate::topic::TopicMap;
 
 pub use error::ConfigError;
+pub(crate) use values::{parse_drain_bytes_rate, parse_drain_rate};
 
 use error::{line_and_column, Problem};
 use raw::RawConfig;
@@ -126,6 +128,8 @@ pub struct LinkConfig {
     /// None: keep messages until delivered.
     pub(crate) message_ttl: Option<Duration>,
     pub(crate) max_message_bytes: u32,
+    /// `drain_rate` and `drain_bytes_rate` (None: off).
+    pub(crate) pace: Rates,
     pub(crate) routes: Vec<Route>,
 }
 

@@ -54,6 +54,8 @@ pub(super) struct RawTuning {
     pub(super) overflow: Option<Spanned<String>>,
     pub(super) message_ttl_secs: Option<Spanned<i64>>,
     pub(super) max_message_bytes: Option<Spanned<RawSize>>,
+    pub(super) drain_rate: Option<Spanned<String>>,
+    pub(super) drain_bytes_rate: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +81,8 @@ pub(super) struct RawLink {
     pub(super) overflow: Option<Spanned<String>>,
     pub(super) message_ttl_secs: Option<Spanned<i64>>,
     pub(super) max_message_bytes: Option<Spanned<RawSize>>,
+    pub(super) drain_rate: Option<Spanned<String>>,
+    pub(super) drain_bytes_rate: Option<Spanned<String>>,
 }
 
 impl RawLink {
@@ -93,6 +97,8 @@ impl RawLink {
             overflow: self.overflow.clone(),
             message_ttl_secs: self.message_ttl_secs.clone(),
             max_message_bytes: self.max_message_bytes.clone(),
+            drain_rate: self.drain_rate.clone(),
+            drain_bytes_rate: self.drain_bytes_rate.clone(),
         }
     }
 }

@@ -63,6 +63,14 @@ impl Config {
                 link.inflight,
                 format_size(u64::from(link.max_message_bytes))
             ));
+            if link.pace != Default::default() {
+                let rate = |rate: Option<u64>, unit: fn(u64) -> String| rate.map_or("off".to_owned(), unit);
+                line(format!(
+                    "  drain pace {}, {}",
+                    rate(link.pace.drain_rate, |r| format!("{r}/s")),
+                    rate(link.pace.drain_bytes_rate, |r| format!("{}/s", format_size(r)))
+                ));
+            }
             line(format!(
                 "  queue limit {}, {}, overflow {}, message ttl {}",
                 match link.queue_max_bytes {

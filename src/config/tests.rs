@@ -181,6 +181,8 @@ inflight = 7
 overflow = "drop-oldest"
 queue_max_bytes = 5000
 message_ttl_secs = 60
+drain_rate = "2000/s"
+drain_bytes_rate = "1MiB/s"
 [[links]]
 name = "a"
 host = "h"
@@ -203,6 +205,8 @@ message_ttl_secs = 0
 max_message_bytes = "1KiB"
 reconnect_min_ms = 1
 reconnect_max_ms = 2
+drain_rate = "off"
+drain_bytes_rate = "500 KB/s"
 [[links.routes]]
 direction = "in"
 local = "b/up/+"
@@ -225,6 +229,9 @@ qos = 2
     assert_eq!(a.max_message_bytes, 16 << 20);
     assert_eq!(a.reconnect_min, Duration::from_millis(200));
     assert_eq!(a.routes[0].qos, 1);
+    assert_eq!(a.pace.drain_rate, Some(2000));
+    assert_eq!(a.pace.drain_bytes_rate, Some(1 << 20));
+    assert!(config.summary().contains("drain pace 2000/s, 1MiB/s"), "{}", config.summary());
     let b = &config.links[1];
     assert_eq!(b.client_id, "custom-b");
     assert_eq!(b.port, 1884);
@@ -239,6 +246,8 @@ qos = 2
     assert_eq!(b.reconnect_min, Duration::from_millis(1));
     assert_eq!(b.reconnect_max, Duration::from_millis(2));
     assert_eq!(b.routes[0].qos, 2);
+    assert_eq!(b.pace.drain_rate, None, "\"off\" overrides [defaults]");
+    assert_eq!(b.pace.drain_bytes_rate, Some(500_000));
     assert_eq!(b.routes[0].map_to_dest("x").as_deref(), Some("b/up/x"));
 }
 
@@ -532,6 +541,11 @@ fn tuning_values_are_checked_in_defaults_and_links() {
             "max_message_bytes must be between 1KiB and 256MiB, got 257MiB",
         ),
         ("max_message_bytes = \"x\"", "max_message_bytes: \"x\" is not a size"),
+        ("drain_rate = \"2000\"", "drain_rate: \"2000\" is not a rate (it must end in \"/s\")"),
+        ("drain_rate = \"fast/s\"", "drain_rate: \"fast/s\" is not a rate"),
+        ("drain_rate = \"0/s\"", "a rate must be at least 1/s"),
+        ("drain_bytes_rate = \"1 megs/s\"", "drain_bytes_rate: \"1 megs\" has an unknown unit"),
+        ("drain_bytes_rate = \"1MiB\"", "drain_bytes_rate: \"1MiB\" is not a rate"),
     ];
     for (setting, message) in cases {
         assert_error(&format!("data_dir = \"q\"\n[defaults]\n{setting}\n"), 3, message);

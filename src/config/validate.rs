@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::error::{line_of, Problem};
 use super::raw::{RawConfig, RawLink, RawRoute, RawTuning};
 use super::values::{
-    credentials, format_size, integer_in, is_valid_link_name, listen_address, name_value, non_empty, port_value,
-    size_value, state_topic,
+    credentials, format_size, integer_in, is_valid_link_name, listen_address, name_value, non_empty,
+    parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
 };
 use super::{
     AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ADMIN_LISTEN, DEFAULT_HUB_HOST,
@@ -23,6 +23,7 @@ use super::{
     DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS, MAX_LINK_NAME_CHARS,
     MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
+use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
 use crate::store::Overflow;
 use crate::topic::{self, TopicMap};
@@ -54,6 +55,8 @@ struct TuningLayer {
     overflow: Option<Overflow>,
     message_ttl: Option<Option<Duration>>,
     max_message_bytes: Option<u32>,
+    drain_rate: Option<Option<u64>>,
+    drain_bytes_rate: Option<Option<u64>>,
 }
 
 impl TuningLayer {
@@ -69,6 +72,8 @@ impl TuningLayer {
             overflow: self.overflow.or(under.overflow),
             message_ttl: self.message_ttl.or(under.message_ttl),
             max_message_bytes: self.max_message_bytes.or(under.max_message_bytes),
+            drain_rate: self.drain_rate.or(under.drain_rate),
+            drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
         }
     }
 }
@@ -85,6 +90,8 @@ fn builtin_tuning() -> TuningLayer {
         overflow: Some(Overflow::Block),
         message_ttl: Some(None),
         max_message_bytes: Some(DEFAULT_MAX_MESSAGE_BYTES),
+        drain_rate: Some(None),
+        drain_bytes_rate: Some(None),
     }
 }
 
@@ -181,6 +188,14 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
                 ));
             }
             u32::try_from(bytes).map_err(|_| Problem::at(raw.span(), "max_message_bytes is too large"))
+        })
+        .flatten();
+    layer.drain_rate = problems
+        .take_optional(&raw.drain_rate, |raw| rate_value("drain_rate", raw, parse_drain_rate))
+        .flatten();
+    layer.drain_bytes_rate = problems
+        .take_optional(&raw.drain_bytes_rate, |raw| {
+            rate_value("drain_bytes_rate", raw, parse_drain_bytes_rate)
         })
         .flatten();
     layer
@@ -373,6 +388,10 @@ fn validate_link(
         overflow: tuning.overflow?,
         message_ttl: tuning.message_ttl?,
         max_message_bytes: tuning.max_message_bytes?,
+        pace: Rates {
+            drain_rate: tuning.drain_rate?,
+            drain_bytes_rate: tuning.drain_bytes_rate?,
+        },
         routes: routes.into_iter().map(|(route, _)| route).collect(),
     })
 }

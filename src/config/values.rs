@@ -1,6 +1,6 @@
-//! Parsers of single values: sizes ("8GiB"), bounded integers, ports,
-//! listen addresses, the state topic pattern, names (overflow, direction)
-//! and credentials. Each returns the typed value or a [`Problem`] at the
+//! Parsers of single values: sizes ("8GiB"), drain rates ("2000/s",
+//! "1MiB/s"), bounded integers, ports, listen addresses, the state topic
+//! pattern, names (overflow, direction) and credentials. Each returns the typed value or a [`Problem`] at the
 //! value's span; checks across values are in `validate`.
 
 use std::net::SocketAddr;
@@ -70,6 +70,47 @@ pub(super) fn format_size(bytes: u64) -> String {
         }
     }
     format!("{bytes}B")
+}
+
+/// Parses a drain rate in messages per second, "2000/s", or "off" (None).
+/// The admin API and `ferry link rate` read the same spelling.
+pub(crate) fn parse_drain_rate(text: &str) -> Result<Option<u64>, String> {
+    let help = "write a whole number of messages per second, like \"2000/s\", or \"off\"";
+    per_second(text, help, |number| number.trim().parse::<u64>().map_err(|_| format!("{text:?} is not a rate; {help}")))
+}
+
+/// Parses a drain rate in bytes per second, "1MiB/s" (a size per second),
+/// or "off" (None).
+pub(crate) fn parse_drain_bytes_rate(text: &str) -> Result<Option<u64>, String> {
+    let help = "write a size per second, like \"1MiB/s\" or \"500KB/s\", or \"off\"";
+    per_second(text, help, |size| parse_size(size).map_err(|error| format!("{error}; {help}")))
+}
+
+fn per_second(
+    text: &str,
+    help: &str,
+    number: impl FnOnce(&str) -> Result<u64, String>,
+) -> Result<Option<u64>, String> {
+    let trimmed = text.trim();
+    if trimmed == "off" {
+        return Ok(None);
+    }
+    let Some(amount) = trimmed.strip_suffix("/s") else {
+        return Err(format!("{text:?} is not a rate (it must end in \"/s\"); {help}"));
+    };
+    match number(amount)? {
+        0 => Err(format!("{text:?}: a rate must be at least 1/s; to turn pacing off, write \"off\"")),
+        rate => Ok(Some(rate)),
+    }
+}
+
+/// A drain rate key (`drain_rate`, `drain_bytes_rate`) at its span.
+pub(super) fn rate_value(
+    key: &str,
+    raw: &Spanned<String>,
+    parse: fn(&str) -> Result<Option<u64>, String>,
+) -> Result<Option<u64>, Problem> {
+    parse(raw.get_ref()).map_err(|error| Problem::at(raw.span(), format!("{key}: {error}")))
 }
 
 pub(super) fn size_value(key: &str, raw: &Spanned<RawSize>) -> Result<u64, Problem> {

@@ -10,10 +10,12 @@
 //! POST /v1/links/{name}/resume      forward (and receive) again
 //! POST /v1/links/{name}/restart     stop and start all of the link's connections
 //! POST /v1/links/{name}/drain       stop receiving; forward until empty, then pause
+//! POST /v1/links/{name}/rate?drain_rate=500/s&drain_bytes_rate=off
+//!                                   change the drain pace until the next reload or restart
 //! POST /v1/reload                   read the config file again and apply it
 //! ```
-//! Errors are JSON too: `{"error": "..."}` with 404 (unknown link), 409
-//! (link disabled), 422 (bad config on reload), 500 (a reload that failed
+//! Errors are JSON too: `{"error": "..."}` with 400 (a bad rate), 404
+//! (unknown link), 409 (link disabled), 422 (bad config on reload), 500 (a reload that failed
 //! for another reason), 503 (not running yet, or shutting down).
 //!
 //! The replies are the types in [`crate::daemon::control`] and
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,6 +69,7 @@ fn router(control: Arc<Control>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/links", get(links))
         .route("/v1/links/{name}", get(link))
+        .route("/v1/links/{name}/rate", post(link_rate))
         .route("/v1/links/{name}/{action}", post(link_action))
         .route("/v1/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/status".into()) })
@@ -124,6 +127,20 @@ async fn link_action(State(control): State<Arc<Control>>, Path((name, action)): 
         })
         .into_response(),
         Err(e) => command_error(e),
+    }
+}
+
+async fn link_rate(
+    State(control): State<Arc<Control>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match crate::bridge::pace::parse_change(query.as_deref().unwrap_or("")) {
+        Ok(change) => match control.change_rate(&name, change) {
+            Ok(reply) => Json(reply).into_response(),
+            Err(e) => command_error(e),
+        },
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bridge::pace::{PaceView, RateChange};
 use crate::config::{Config, LinkConfig};
 use crate::link::status::{LinkStatus, LinkView};
 use crate::link::supervisor::Command;
@@ -70,6 +71,15 @@ pub struct ActionReply {
     pub link: String,
     /// The action, as [`Command::as_str`] spells it.
     pub requested: String,
+}
+
+/// The reply to a change of a link's drain rates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateReply {
+    pub link: String,
+    pub pace: PaceView,
+    /// How long the change lasts.
+    pub until: String,
 }
 
 /// What a reload did.
@@ -196,8 +206,40 @@ impl Control {
                 h.status.set_enabled(link.enabled);
                 h.status.clone()
             }
-            None => LinkStatus::new(&link.name, link.enabled),
+            None => {
+                let status = LinkStatus::new(&link.name, link.enabled);
+                status.pace().configure(link.pace);
+                status
+            }
         }
+    }
+
+    /// Puts the config's drain rates back on every link of `config`,
+    /// replacing run-time changes (done on every reload).
+    pub fn configure_paces(&self, config: &Config) {
+        let links = self.links();
+        for link in &config.links {
+            if let Some(h) = links.get(&link.name) {
+                h.status.pace().configure(link.pace);
+            }
+        }
+    }
+
+    /// Changes the drain rates of `name` until the next reload or restart.
+    /// Applies at once, also to a drain waiting for its bucket.
+    pub fn change_rate(&self, name: &str, change: RateChange) -> Result<RateReply, CommandError> {
+        let links = self.links();
+        let Some(handle) = links.get(name) else {
+            return Err(self.unknown(name, &links));
+        };
+        if !handle.config.enabled {
+            return Err(CommandError::Disabled(name.to_string()));
+        }
+        Ok(RateReply {
+            link: name.to_string(),
+            pace: handle.status.pace().change(change),
+            until: "the next reload or restart of ferry (then the config file's rates apply)".to_string(),
+        })
     }
 
     pub fn insert(&self, handle: LinkHandle) {

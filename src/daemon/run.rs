@@ -259,6 +259,8 @@ async fn reload(
             start_link(link, &config.hub, store, generation, control, running);
         }
     }
+    // A reload ends every run-time change of a drain rate (`ferry link rate`).
+    control.configure_paces(config);
     Ok(report)
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::bridge::connection::{ConnState, ConnStatus};
+use crate::bridge::pace::{Pace, PaceView};
 use crate::metrics::now_ms;
 use crate::names::{Direction, Role, Side};
 use crate::store::Queue;
@@ -65,6 +66,8 @@ impl State {
 pub struct LinkStatus {
     pub name: String,
     inner: Mutex<Inner>,
+    /// The drain pace; kept across restarts of the link's tasks.
+    pace: Pace,
 }
 
 struct Inner {
@@ -94,6 +97,9 @@ pub struct LinkView {
     pub last_error_ms: Option<u64>,
     pub connections: Vec<ConnView>,
     pub queues: Vec<QueueView>,
+    /// The drain rates in force and in the config.
+    #[serde(default)]
+    pub pace: PaceView,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,11 +138,16 @@ impl LinkStatus {
                 connections: Vec::new(),
                 queues: Vec::new(),
             }),
+            pace: Pace::new(name),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pace(&self) -> &Pace {
+        &self.pace
     }
 
     pub fn mode(&self) -> Mode {
@@ -268,6 +279,7 @@ impl LinkStatus {
                     }
                 })
                 .collect(),
+            pace: self.pace.view(),
         }
     }
 

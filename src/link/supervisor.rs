@@ -272,7 +272,16 @@ impl Halves {
                     let stop = s.stop.child_token();
                     let mut tasks = JoinSet::new();
                     let connections =
-                        crate::bridge::spawn_half(half, &s.link, &s.hub, &s.store, &self.queues, &stop, &mut tasks);
+                        crate::bridge::spawn_half(
+                        half,
+                        &s.link,
+                        &s.hub,
+                        &s.store,
+                        &self.queues,
+                        &stop,
+                        &mut tasks,
+                        s.status.pace(),
+                    );
                     *slot = Some(Group {
                         half,
                         tasks,

@@ -57,6 +57,7 @@ mod process;
 mod procfs;
 mod proxy;
 mod smallfs;
+mod timeline;
 mod topology;
 mod wait;
 
@@ -73,6 +74,7 @@ pub use procfs::{cpu_secs, status_kib};
 pub use proxy::SilentProxy;
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use smallfs::SmallFs;
+pub use timeline::Timeline;
 pub use topology::{down_topic, Topology};
 pub use wait::{wait_until, wait_until_async, LONG};
 
