@@ -145,7 +145,10 @@ async fn a_rate_changed_at_run_time_applies_within_a_second_until_the_next_reloa
         let at = Instant::now();
         changed_at = Some(at);
         let said = ctl(&net, &["link", "rate", "edge0", "2000/s"]).await;
-        assert!(said.contains("drain pace 2000/s") && said.contains("until the next reload or restart"), "{said}");
+        assert!(
+            said.contains("drain pace 2000/s") && said.contains("until the next reload or restart"),
+            "{said}"
+        );
         let metric = ferry.scrape().get("ferry_link_drain_rate", &[("link", "edge0")]);
         assert_eq!(metric, Some(2000.0), "the gauge shows the new rate");
         tokio::time::sleep_until((at + Duration::from_millis(1500)).into()).await;

@@ -67,11 +67,15 @@ pub fn parse_change(query: &str) -> Result<RateChange, String> {
     let mut change = RateChange::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = value.replace("%2F", "/").replace("%2f", "/").replace(['+'], " ");
+        let value = value.replace("%2F", "/").replace("%2f", "/").replace('+', " ");
         match key {
             "drain_rate" => change.drain_rate = Some(crate::config::parse_drain_rate(&value)?),
             "drain_bytes_rate" => change.drain_bytes_rate = Some(crate::config::parse_drain_bytes_rate(&value)?),
-            _ => return Err(format!("unknown parameter {key:?}; use drain_rate and drain_bytes_rate")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}; use drain_rate and drain_bytes_rate"
+                ))
+            }
         }
     }
     if change == RateChange::default() {
@@ -292,8 +296,11 @@ impl Bucket {
             None => 0.0,
             Some(rate) => (need(rate, cost) - tokens.level).max(0.0) / rate as f64,
         };
-        let secs = short(&self.messages, self.rates.drain_rate, messages)
-            .max(short(&self.bytes, self.rates.drain_bytes_rate, bytes));
+        let secs = short(&self.messages, self.rates.drain_rate, messages).max(short(
+            &self.bytes,
+            self.rates.drain_bytes_rate,
+            bytes,
+        ));
         Duration::from_secs_f64(secs)
     }
 }
@@ -393,7 +400,13 @@ mod tests {
             drain_rate: Some(None),
             drain_bytes_rate: Some(Some(1000)),
         });
-        assert_eq!(view.now, Rates { drain_rate: None, drain_bytes_rate: Some(1000) });
+        assert_eq!(
+            view.now,
+            Rates {
+                drain_rate: None,
+                drain_bytes_rate: Some(1000)
+            }
+        );
         assert_eq!(view.config.drain_rate, Some(10), "the config's rate is still shown");
         pace.configure(view.config);
         assert_eq!(pace.view().now, view.config);

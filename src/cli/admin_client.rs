@@ -14,10 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::bridge::pace::Rates;
 use crate::cli::render::{format_age, format_bytes, render_table};
 use crate::config::Config;
 use crate::daemon::control::{ErrorReply, ProcessView};
-use crate::bridge::pace::Rates;
 use crate::link::status::State;
 use crate::names::Direction;
 

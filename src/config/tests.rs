@@ -231,7 +231,11 @@ qos = 2
     assert_eq!(a.routes[0].qos, 1);
     assert_eq!(a.pace.drain_rate, Some(2000));
     assert_eq!(a.pace.drain_bytes_rate, Some(1 << 20));
-    assert!(config.summary().contains("drain pace 2000/s, 1MiB/s"), "{}", config.summary());
+    assert!(
+        config.summary().contains("drain pace 2000/s, 1MiB/s"),
+        "{}",
+        config.summary()
+    );
     let b = &config.links[1];
     assert_eq!(b.client_id, "custom-b");
     assert_eq!(b.port, 1884);
@@ -541,11 +545,20 @@ fn tuning_values_are_checked_in_defaults_and_links() {
             "max_message_bytes must be between 1KiB and 256MiB, got 257MiB",
         ),
         ("max_message_bytes = \"x\"", "max_message_bytes: \"x\" is not a size"),
-        ("drain_rate = \"2000\"", "drain_rate: \"2000\" is not a rate (it must end in \"/s\")"),
+        (
+            "drain_rate = \"2000\"",
+            "drain_rate: \"2000\" is not a rate (it must end in \"/s\")",
+        ),
         ("drain_rate = \"fast/s\"", "drain_rate: \"fast/s\" is not a rate"),
         ("drain_rate = \"0/s\"", "a rate must be at least 1/s"),
-        ("drain_bytes_rate = \"1 megs/s\"", "drain_bytes_rate: \"1 megs\" has an unknown unit"),
-        ("drain_bytes_rate = \"1MiB\"", "drain_bytes_rate: \"1MiB\" is not a rate"),
+        (
+            "drain_bytes_rate = \"1 megs/s\"",
+            "drain_bytes_rate: \"1 megs\" has an unknown unit",
+        ),
+        (
+            "drain_bytes_rate = \"1MiB\"",
+            "drain_bytes_rate: \"1MiB\" is not a rate",
+        ),
     ];
     for (setting, message) in cases {
         assert_error(&format!("data_dir = \"q\"\n[defaults]\n{setting}\n"), 3, message);

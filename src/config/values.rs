@@ -76,21 +76,24 @@ pub(super) fn format_size(bytes: u64) -> String {
 /// The admin API and `ferry link rate` read the same spelling.
 pub(crate) fn parse_drain_rate(text: &str) -> Result<Option<u64>, String> {
     let help = "write a whole number of messages per second, like \"2000/s\", or \"off\"";
-    per_second(text, help, |number| number.trim().parse::<u64>().map_err(|_| format!("{text:?} is not a rate; {help}")))
+    per_second(text, help, |number| {
+        number
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?} is not a rate; {help}"))
+    })
 }
 
 /// Parses a drain rate in bytes per second, "1MiB/s" (a size per second),
 /// or "off" (None).
 pub(crate) fn parse_drain_bytes_rate(text: &str) -> Result<Option<u64>, String> {
     let help = "write a size per second, like \"1MiB/s\" or \"500KB/s\", or \"off\"";
-    per_second(text, help, |size| parse_size(size).map_err(|error| format!("{error}; {help}")))
+    per_second(text, help, |size| {
+        parse_size(size).map_err(|error| format!("{error}; {help}"))
+    })
 }
 
-fn per_second(
-    text: &str,
-    help: &str,
-    number: impl FnOnce(&str) -> Result<u64, String>,
-) -> Result<Option<u64>, String> {
+fn per_second(text: &str, help: &str, number: impl FnOnce(&str) -> Result<u64, String>) -> Result<Option<u64>, String> {
     let trimmed = text.trim();
     if trimmed == "off" {
         return Ok(None);
@@ -99,7 +102,9 @@ fn per_second(
         return Err(format!("{text:?} is not a rate (it must end in \"/s\"); {help}"));
     };
     match number(amount)? {
-        0 => Err(format!("{text:?}: a rate must be at least 1/s; to turn pacing off, write \"off\"")),
+        0 => Err(format!(
+            "{text:?}: a rate must be at least 1/s; to turn pacing off, write \"off\""
+        )),
         rate => Ok(Some(rate)),
     }
 }

@@ -271,8 +271,7 @@ impl Halves {
                 (true, false) => {
                     let stop = s.stop.child_token();
                     let mut tasks = JoinSet::new();
-                    let connections =
-                        crate::bridge::spawn_half(
+                    let connections = crate::bridge::spawn_half(
                         half,
                         &s.link,
                         &s.hub,
