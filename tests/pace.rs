@@ -70,6 +70,14 @@ async fn queue_backlogs(net: &Topology, ferry: &Ferry, links: &[usize]) {
     }
 }
 
+/// Waits until `ferry_link_drain_rate{link}` shows `rate` (0: off).
+async fn wait_drain_rate(ferry: &Ferry, link: &str, rate: f64) {
+    ferry
+        .wait_metric("ferry_link_drain_rate", &[("link", link)], |v| v == rate, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn secs_between(timeline: &Timeline, from: usize, to: usize) -> f64 {
     match (timeline.reached(from), timeline.reached(to)) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
@@ -84,14 +92,8 @@ async fn a_paced_backlog_drains_at_its_rate_while_an_unpaced_link_keeps_its_own(
     net.wait_all_up(&ferry).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
-    ferry
-        .wait_metric("ferry_link_drain_rate", &[("link", "edge0")], |v| v == 1000.0, LONG)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ferry
-        .wait_metric("ferry_link_drain_rate", &[("link", "edge1")], |v| v == 0.0, LONG)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    wait_drain_rate(&ferry, "edge0", 1000.0).await;
+    wait_drain_rate(&ferry, "edge1", 0.0).await;
     queue_backlogs(&net, &ferry, &[0, 1]).await;
 
     let resume = async {
@@ -186,9 +188,6 @@ async fn a_rate_changed_at_run_time_applies_within_a_second_until_the_next_reloa
     ctl(&net, &["reload"]).await;
     let pace = &link_view(&net, "edge0").await["pace"];
     assert_eq!(pace["drain_rate"], 200, "after a reload: {pace}");
-    ferry
-        .wait_metric("ferry_link_drain_rate", &[("link", "edge0")], |v| v == 200.0, LONG)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    wait_drain_rate(&ferry, "edge0", 200.0).await;
     net.assert_invariant(&ferry, "edge0", "out").await;
 }

@@ -89,7 +89,7 @@ pub(crate) fn parse_drain_rate(text: &str) -> Result<Option<u64>, String> {
 pub(crate) fn parse_drain_bytes_rate(text: &str) -> Result<Option<u64>, String> {
     let help = "write a size per second, like \"1MiB/s\" or \"500KB/s\", or \"off\"";
     per_second(text, help, |size| {
-        parse_size(size).map_err(|error| format!("{error}; {help}"))
+        parse_size(size).map_err(|error| format!("{error}, then \"/s\" (a size per second), or \"off\""))
     })
 }
 
