@@ -27,6 +27,9 @@ pub const LINK_UP: &str = "ferry_link_up";
 pub const LINK_PAUSED: &str = "ferry_link_paused";
 pub const CONNECTION_UP: &str = "ferry_connection_up";
 pub const RECONNECTS: &str = "ferry_reconnects_total";
+pub const WATCHDOG_RESTARTS: &str = "ferry_connection_watchdog_restarts_total";
+pub const RECEIVE_MAXIMUM_EXCEEDED: &str = "ferry_receive_maximum_exceeded_total";
+pub const PUBLISHES_DEFERRED: &str = "ferry_publishes_deferred_total";
 pub const TASK_RESTARTS: &str = "ferry_task_restarts_total";
 pub const INGEST_BLOCKED: &str = "ferry_ingest_blocked";
 pub const STORE_ERRORS: &str = "ferry_store_errors_total";
@@ -108,6 +111,18 @@ fn describe() {
     );
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
+    describe_counter!(
+        WATCHDOG_RESTARTS,
+        "Connections declared dead because their event loop was not driven for longer than the keepalive (link, side, role)."
+    );
+    describe_counter!(
+        RECEIVE_MAXIMUM_EXCEEDED,
+        "QoS 1/2 messages a broker sent beyond the Receive Maximum ferry announced; kept, acknowledged once stored (link, side, role)."
+    );
+    describe_counter!(
+        PUBLISHES_DEFERRED,
+        "Messages left unacknowledged for the broker to resend after a reconnect, because too much beyond the Receive Maximum was held (link, side, role)."
+    );
     describe_counter!(
         TASK_RESTARTS,
         "Times the supervisor restarted a link's tasks after one died."

@@ -5,23 +5,45 @@
 //! route filters subscribed) and one *drain* connection on the destination
 //! broker (clean session: the queue, not the broker, knows what is unsent).
 //!
-//! The task here owns the rumqttc event loop and nothing else. It never
-//! waits on its owner except to hand over events, so keepalive pings keep
-//! flowing. Every connection attempt gets a fresh rumqttc client and event
-//! loop and a new *epoch* number, so no state of a dead connection (packet
-//! ids, half-sent requests) can leak into the next one; owners use the epoch
-//! to ignore late events of a previous connection.
+//! The task here owns the rumqttc event loop and nothing else. rumqttc does
+//! all of a connection's I/O inside `EventLoop::poll()`: reading, writing the
+//! owner's acks and publishes, and pinging. So this task **never waits on
+//! anything but `poll()`**: events go to the owner over an unbounded channel,
+//! and the owner never waits on the connection either (it queues requests
+//! with `try_*`). A slow owner can no longer stop acks and pings (the wedge
+//! of issue 8: the task waited for room in a bounded channel to ingest while
+//! ingest waited for room in rumqttc's request channel).
+//!
+//! Every connection attempt gets a fresh rumqttc client and event loop and a
+//! new *epoch* number, so no state of a dead connection (packet ids,
+//! half-sent requests) can leak into the next one; owners use the epoch to
+//! ignore late events of a previous connection.
 //!
 //! A peer that stops answering (a powered-off host sends no FIN and no RST)
 //! is noticed by a deadline: rumqttc pings every `keepalive`, so a healthy
 //! broker sends *something* at least that often; silence for 1.5 x keepalive
-//! drops the connection.
+//! drops the connection. A **watchdog** checks the task itself: if the event
+//! loop has not been polled for longer than `keepalive` (the task is stuck
+//! outside `poll()`), the connection is declared dead, counted
+//! (`ferry_connection_watchdog_restarts_total`) and made again.
+//!
+//! A subscribing connection announces a Receive Maximum (`inflight`), but
+//! brokers do not always hold to it (mosquitto 2.0.11 sends everything). The
+//! excess is read and handed on, unacknowledged until stored ([`Intake`]).
+//! Only when the excess held in memory passes [`EXCESS_MAX_BYTES`] does the
+//! connection stop keeping what arrives: it leaves it unacknowledged (the
+//! broker keeps it), goes on acknowledging and pinging, and once everything
+//! it kept is acknowledged it reconnects, so the broker sends the rest again,
+//! in order.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule, SubscribeProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, Publish, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -112,19 +134,40 @@ pub struct ConnectionSpec {
 #[derive(Debug)]
 pub enum ConnEvent {
     /// Connected; `client` is valid until the matching `Down`.
-    Up { epoch: u64, client: AsyncClient },
+    /// `max_packet_size`: the broker's Maximum Packet Size (CONNACK), if any.
+    Up {
+        epoch: u64,
+        client: AsyncClient,
+        max_packet_size: Option<u32>,
+    },
     /// A packet that the owner cares about (publishes and their acks).
     Packet { epoch: u64, event: Event },
     /// The connection of `epoch` is gone.
     Down { epoch: u64 },
 }
 
-/// Capacity of the channel from the connection task to its owner: a full
-/// in-flight window plus control packets. Ingest also holds at most this
-/// many messages unacknowledged before it stops reading.
+/// The channel from the connection task to its owner. Unbounded, so that
+/// handing over an event never waits: what bounds it is the peer (a broker
+/// honouring the Receive Maximum sends at most `inflight` unacknowledged
+/// messages; one that does not is bounded by [`Intake`]).
+pub type EventSender = mpsc::UnboundedSender<ConnEvent>;
+pub type EventReceiver = mpsc::UnboundedReceiver<ConnEvent>;
+
+pub fn event_channel() -> (EventSender, EventReceiver) {
+    mpsc::unbounded_channel()
+}
+
+/// How many messages ingest stores in one batch at most: a full in-flight
+/// window plus control packets.
 pub fn channel_capacity(inflight: u16) -> usize {
     2 * inflight as usize + 64
 }
+
+/// Bytes of messages beyond the Receive Maximum that a subscribing
+/// connection keeps in memory, unacknowledged, while ingest stores them.
+/// Past it, what arrives is left unacknowledged for the broker to resend
+/// after a reconnect (see the module doc).
+pub const EXCESS_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Capacity of rumqttc's request channel (the owner's acks and publishes to
 /// the connection task). Queueing an ack must never wait: otherwise the
@@ -182,29 +225,27 @@ fn connect_timeout(keepalive: Duration) -> Duration {
 /// Runs the connection until `stop` is cancelled or the owner goes away.
 /// On `stop`, requests already queued on the client (acks, a DISCONNECT)
 /// are sent before the socket is closed.
-pub async fn run(
-    spec: ConnectionSpec,
-    events: mpsc::Sender<ConnEvent>,
-    stop: CancellationToken,
-    status: Arc<ConnStatus>,
-) {
+pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationToken, status: Arc<ConnStatus>) {
     let labels = spec.labels();
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let addr = format!("{}:{}", spec.endpoint.host, spec.endpoint.port);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let dead_after = spec.keepalive * 3 / 2;
     let mut epoch = 0u64;
+    status.set_watchdog(spec.keepalive);
 
     while !stop.is_cancelled() {
         epoch += 1;
         let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
-        let session_present = tokio::select! {
+        let (session_present, max_packet_size) = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.session_present,
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    (ack.session_present, ack.properties.as_ref().and_then(|p| p.max_packet_size))
+                }
                 Ok(Ok(other)) => {
                     tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
-                    false
+                    (false, None)
                 }
                 Ok(Err(e)) => {
                     let delay = backoff.next_delay();
@@ -241,20 +282,29 @@ pub async fn run(
             .send(ConnEvent::Up {
                 epoch,
                 client: client.clone(),
+                max_packet_size,
             })
-            .await
             .is_err()
         {
             return;
         }
 
-        let reason = drive(&spec, &mut eventloop, &events, &stop, epoch, dead_after).await;
+        let mut intake = Intake::new(&spec);
+        let reason = tokio::select! {
+            r = drive(&spec, &mut eventloop, &events, &stop, epoch, dead_after, &status, &mut intake) => r,
+            stuck_ms = watchdog(&status, spec.keepalive) => {
+                counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
+                tracing::error!(link, side, role, %addr, not_driven_ms = stuck_ms, keepalive_s = spec.keepalive.as_secs(), "watchdog: event loop not driven for longer than the keepalive; connection declared dead");
+                Some(format!("watchdog: event loop not driven for {:.1}s (keepalive {}s)", stuck_ms as f64 / 1000.0, spec.keepalive.as_secs()))
+            }
+        };
+        status.poll_ended();
         gauge!(m::CONNECTION_UP, &labels).set(0.0);
         let Some(reason) = reason else {
             // Stopped on purpose: flush what the owner queued, then close.
             status.set_closed();
             close(&client, &mut eventloop).await;
-            let _ = events.send(ConnEvent::Down { epoch }).await;
+            let _ = events.send(ConnEvent::Down { epoch });
             return;
         };
         if connected_at.elapsed() >= Duration::from_secs(10) {
@@ -267,31 +317,53 @@ pub async fn run(
             &format!("connection to {addr} lost: {reason}"),
             delay.as_millis() as u64,
         );
-        if events.send(ConnEvent::Down { epoch }).await.is_err() {
+        if events.send(ConnEvent::Down { epoch }).is_err() {
             return;
         }
         sleep_or_stop(delay, &stop).await;
     }
 }
 
+/// Resolves when the event loop has not been polled for longer than
+/// `keepalive` (returns for how long, in ms). Checked twice a second.
+async fn watchdog(status: &ConnStatus, keepalive: Duration) -> u64 {
+    let limit = keepalive.as_millis() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stuck = status.not_driven_for_ms();
+        if stuck > limit {
+            return stuck;
+        }
+    }
+}
+
 /// Polls until the connection fails (returns why) or `stop` (returns None).
+/// Nothing here waits but `poll()`: handing events over never blocks.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     spec: &ConnectionSpec,
     eventloop: &mut EventLoop,
-    events: &mpsc::Sender<ConnEvent>,
+    events: &EventSender,
     stop: &CancellationToken,
     epoch: u64,
     dead_after: Duration,
+    status: &ConnStatus,
+    intake: &mut Intake,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let mut last_heard = Instant::now();
     loop {
         let deadline = last_heard + dead_after;
+        status.poll_started();
         let polled = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
             r = tokio::time::timeout_at(deadline, eventloop.poll()) => r,
         };
+        status.poll_returned();
+        crate::fault::connection_stall(&spec.link, spec.role.as_str()).await;
         let event = match polled {
             Err(_) => {
                 return Some(format!(
@@ -319,17 +391,106 @@ async fn drive(
             }
             _ => {}
         }
-        let wanted = matches!(
-            event,
-            Event::Incoming(Packet::Publish(_))
-                | Event::Incoming(Packet::PubAck(_))
-                | Event::Incoming(Packet::PubRec(_))
-                | Event::Incoming(Packet::PubComp(_))
-                | Event::Outgoing(Outgoing::Publish(_))
-        );
-        if wanted && events.send(ConnEvent::Packet { epoch, event }).await.is_err() {
+        let wanted = match &event {
+            Event::Incoming(Packet::Publish(p)) => intake.keep(spec, p),
+            Event::Outgoing(Outgoing::PubAck(pkid)) | Event::Outgoing(Outgoing::PubRec(pkid)) => {
+                intake.acked(*pkid);
+                false
+            }
+            Event::Incoming(Packet::PubAck(_))
+            | Event::Incoming(Packet::PubRec(_))
+            | Event::Incoming(Packet::PubComp(_))
+            | Event::Outgoing(Outgoing::Publish(_)) => true,
+            _ => false,
+        };
+        if wanted && events.send(ConnEvent::Packet { epoch, event }).is_err() {
             return None;
         }
+        if let Some(why) = intake.reconnect_due() {
+            return Some(why);
+        }
+    }
+}
+
+/// What a subscribing connection keeps of what the broker sends.
+///
+/// A broker may have at most `receive_maximum` QoS 1/2 messages
+/// unacknowledged towards ferry. Messages beyond it are still kept and
+/// handed to ingest (counted in `ferry_receive_maximum_exceeded_total`):
+/// reading on keeps acks and pings flowing. While more than
+/// [`EXCESS_MAX_BYTES`] are kept unacknowledged, what arrives is *deferred*:
+/// not handed over, not acknowledged, so the broker keeps it (counted in
+/// `ferry_publishes_deferred_total`). Once every kept message is
+/// acknowledged, the connection is made again and the broker resends the
+/// deferred ones, in order: nothing is stored out of order or twice.
+/// (QoS 0 messages deferred that way are lost, as QoS 0 allows.)
+struct Intake {
+    receive_maximum: usize,
+    /// Kept QoS 1/2 messages not yet acknowledged: packet id and size.
+    kept: VecDeque<(u16, usize)>,
+    kept_bytes: usize,
+    exceeded: u64,
+    deferring: bool,
+}
+
+impl Intake {
+    fn new(spec: &ConnectionSpec) -> Intake {
+        Intake {
+            receive_maximum: spec.inflight as usize,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            exceeded: 0,
+            deferring: false,
+        }
+    }
+
+    /// Whether to hand `p` to the owner.
+    fn keep(&mut self, spec: &ConnectionSpec, p: &Publish) -> bool {
+        let labels = spec.labels();
+        let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
+        if !self.deferring && self.kept.len() >= self.receive_maximum && self.kept_bytes >= EXCESS_MAX_BYTES {
+            self.deferring = true;
+            tracing::warn!(link, side, role, kept = self.kept.len(), kept_bytes = self.kept_bytes, receive_maximum = self.receive_maximum, "broker far beyond the Receive Maximum: leaving what it sends unacknowledged until the kept messages are stored, then reconnecting");
+        }
+        if self.deferring {
+            counter!(m::PUBLISHES_DEFERRED, &labels).increment(1);
+            return false;
+        }
+        if p.qos != QoS::AtMostOnce {
+            if self.kept.len() >= self.receive_maximum {
+                if self.exceeded == 0 {
+                    tracing::warn!(link, side, role, receive_maximum = self.receive_maximum, "broker sends more than the Receive Maximum ferry announced; reading on, the excess stays unacknowledged until stored");
+                }
+                self.exceeded += 1;
+                counter!(m::RECEIVE_MAXIMUM_EXCEEDED, &labels).increment(1);
+            }
+            let size = p.payload.len() + p.topic.len();
+            self.kept.push_back((p.pkid, size));
+            self.kept_bytes += size;
+        }
+        true
+    }
+
+    /// The owner's acknowledgement of `pkid` was written.
+    fn acked(&mut self, pkid: u16) {
+        // Ingest acknowledges in order of arrival: normally the front.
+        let at = match self.kept.front() {
+            Some((front, _)) if *front == pkid => Some(0),
+            _ => self.kept.iter().position(|(id, _)| *id == pkid),
+        };
+        if let Some((_, size)) = at.and_then(|i| self.kept.remove(i)) {
+            self.kept_bytes -= size;
+        }
+    }
+
+    /// Deferring, and every kept message acknowledged: time to reconnect.
+    fn reconnect_due(&self) -> Option<String> {
+        (self.deferring && self.kept.is_empty()).then(|| {
+            format!(
+                "broker exceeded the Receive Maximum of {} by {} messages; reconnecting so that it resends what was left unacknowledged",
+                self.receive_maximum, self.exceeded
+            )
+        })
     }
 }
 

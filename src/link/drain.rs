@@ -21,14 +21,13 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, PublishProp
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
 use rumqttc::Outgoing;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Direction;
 use crate::metrics as m;
 use crate::store::{DropReason, Entry, Queue, Record, Store};
 
-use super::connection::ConnEvent;
+use super::connection::{ConnEvent, EventReceiver};
 
 pub struct Drain {
     pub link: String,
@@ -37,7 +36,7 @@ pub struct Drain {
     pub queue: Queue,
     pub window: usize,
     pub ttl: Option<Duration>,
-    pub events: mpsc::Receiver<ConnEvent>,
+    pub events: EventReceiver,
     pub shutdown: CancellationToken,
     pub connection_stop: CancellationToken,
 }
@@ -161,7 +160,7 @@ impl Drain {
 
     fn on_event(&mut self, w: &mut Window, ev: ConnEvent) {
         match ev {
-            ConnEvent::Up { epoch, client } => {
+            ConnEvent::Up { epoch, client, .. } => {
                 w.reset();
                 // Replay from the oldest entry still queued.
                 w.cursor = 0;

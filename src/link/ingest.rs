@@ -10,9 +10,16 @@
 //! Messages that cannot be stored yet stay *held*, unacknowledged, in order:
 //! the queue is full under the `block` policy, or the store failed (a full
 //! disk). The broker keeps everything after them; ingest retries until they
-//! fit. While held messages reach `held_max`, ingest stops reading, which
-//! stops the connection task reading the socket: backpressure all the way to
-//! the source broker.
+//! fit. While held messages reach `held_max`, ingest takes no more events;
+//! the broker may send at most its Receive Maximum (`inflight`)
+//! unacknowledged, and what a broker sends beyond it is bounded by the
+//! connection task (see `connection::Intake`).
+//!
+//! Ingest never waits on the connection task: acknowledgements are queued
+//! with `try_ack`, and any that do not fit in rumqttc's request channel wait
+//! here, in order, and are queued again shortly. (Waiting in `ack().await`
+//! while the connection task waited to hand over the next event was the
+//! wedge of issue 8.)
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,14 +28,13 @@ use metrics::{counter, gauge, histogram};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Direction, Route};
 use crate::metrics as m;
 use crate::store::{Properties, Queue, Record, Store};
 
-use super::connection::ConnEvent;
+use super::connection::{ConnEvent, EventReceiver};
 
 /// A received message on its way to disk.
 struct Pending {
@@ -46,7 +52,7 @@ pub struct Ingest {
     pub routes: Vec<Route>,
     pub store: Store,
     pub queue: Queue,
-    pub events: mpsc::Receiver<ConnEvent>,
+    pub events: EventReceiver,
     /// Cancelled by the link: finish the current batch, then stop.
     pub shutdown: CancellationToken,
     /// Cancelled by ingest when its last acks are queued: the connection closes.
@@ -57,6 +63,9 @@ pub struct Ingest {
 struct State {
     client: Option<(u64, AsyncClient)>,
     held: VecDeque<Pending>,
+    /// Acknowledgements of stored messages that rumqttc's request channel
+    /// had no room for yet, in order, with their connection's epoch.
+    unsent_acks: VecDeque<(u64, Publish)>,
     /// Appended but the flush failed: must be flushed before any ack.
     unflushed: bool,
     blocked_since: Option<Instant>,
@@ -67,6 +76,7 @@ impl Ingest {
         let mut st = State {
             client: None,
             held: VecDeque::new(),
+            unsent_acks: VecDeque::new(),
             unflushed: false,
             blocked_since: None,
         };
@@ -79,6 +89,7 @@ impl Ingest {
             // Wait for work: a new event, or (when stuck) space or a retry tick.
             let stuck = !st.held.is_empty();
             let can_read = st.held.len() < self.held_max;
+            let acks_waiting = !st.unsent_acks.is_empty();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -88,6 +99,7 @@ impl Ingest {
                 },
                 _ = self.queue.space_freed().notified(), if stuck => {}
                 _ = tokio::time::sleep(retry.next_delay()), if stuck => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)), if acks_waiting => {}
             }
             // Take everything else that is already waiting: one batch.
             while st.held.len() < self.held_max {
@@ -128,10 +140,15 @@ impl Ingest {
 
     async fn on_event(&mut self, st: &mut State, ev: ConnEvent) {
         match ev {
-            ConnEvent::Up { epoch, client } => st.client = Some((epoch, client)),
+            ConnEvent::Up { epoch, client, .. } => {
+                st.client = Some((epoch, client));
+                // Acks of an earlier connection cannot be sent any more.
+                st.unsent_acks.retain(|(e, _)| *e == epoch);
+            }
             ConnEvent::Down { epoch } => {
                 if matches!(st.client, Some((e, _)) if e == epoch) {
                     st.client = None;
+                    st.unsent_acks.clear();
                 }
             }
             ConnEvent::Packet {
@@ -274,18 +291,37 @@ impl Ingest {
         while st.held.front().is_some_and(|p| p.stored) {
             let Some(p) = st.held.pop_front() else { break };
             acked += 1;
-            let (Some(ack), Some((epoch, client))) = (&p.ack, &st.client) else {
+            let (Some(ack), Some((epoch, _))) = (p.ack, &st.client) else {
                 continue;
             };
             if *epoch != p.epoch {
                 continue; // a previous connection's message: the broker resends it
             }
-            if let Err(e) = client.ack(ack).await {
-                tracing::debug!(link = %self.link, error = %e, "ack not sent: connection closing");
-            }
+            st.unsent_acks.push_back((p.epoch, ack));
         }
+        send_acks(st);
         tracing::debug!(link = %self.link, direction = %self.direction, acked, client = st.client.is_some(), "acknowledged");
         appended > 0 || acked > 0
+    }
+}
+
+/// Queues the waiting acknowledgements on the connection, in order, without
+/// waiting: what does not fit stays for the next round.
+fn send_acks(st: &mut State) {
+    let Some((epoch, client)) = &st.client else {
+        st.unsent_acks.clear();
+        return;
+    };
+    while let Some((e, ack)) = st.unsent_acks.front() {
+        if e != epoch {
+            st.unsent_acks.pop_front();
+            continue;
+        }
+        // Full (or closing: then its Down event clears what is left).
+        if client.try_ack(ack).is_err() {
+            break;
+        }
+        st.unsent_acks.pop_front();
     }
 }
 

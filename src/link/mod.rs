@@ -27,7 +27,6 @@ pub mod supervisor;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +126,7 @@ pub fn spawn_half(
         };
         dest_ep.client_id.push_str("-pub");
         let capacity = connection::channel_capacity(link.inflight);
-        let (events_tx, events_rx) = mpsc::channel(capacity);
+        let (events_tx, events_rx) = connection::event_channel();
         let connection_stop = CancellationToken::new();
         match half {
             Half::Ingest => {
@@ -215,7 +214,7 @@ pub fn connection_spec(
 
 async fn connection_task(
     spec: ConnectionSpec,
-    events: mpsc::Sender<connection::ConnEvent>,
+    events: connection::EventSender,
     stop: CancellationToken,
     status: Arc<ConnStatus>,
 ) -> &'static str {

@@ -5,6 +5,7 @@
 //! topic read snapshots. Everything is behind short-lived std mutexes: no
 //! lock is ever held across an await.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -69,6 +70,11 @@ pub struct ConnStatus {
     pub side: Side,
     pub role: Role,
     state: Mutex<ConnState>,
+    /// Since when (ms since the epoch) the connection task is outside
+    /// `EventLoop::poll()` while connected; 0 while it polls or is not connected.
+    outside_poll_since_ms: AtomicU64,
+    /// A connection whose event loop is not driven for longer than this is dead.
+    watchdog_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -89,19 +95,57 @@ impl ConnStatus {
             side,
             role,
             state: Mutex::new(ConnState::default()),
+            outside_poll_since_ms: AtomicU64::new(0),
+            watchdog_ms: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// The connection's keepalive: the longest its event loop may go undriven.
+    pub fn set_watchdog(&self, keepalive: std::time::Duration) {
+        self.watchdog_ms
+            .store(u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn poll_started(&self) {
+        self.outside_poll_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn poll_returned(&self) {
+        self.outside_poll_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// The connection is not being driven on purpose (closed, reconnecting).
+    pub fn poll_ended(&self) {
+        self.outside_poll_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the event loop has not been polled while connected (ms).
+    pub fn not_driven_for_ms(&self) -> u64 {
+        match self.outside_poll_since_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            since => now_ms().saturating_sub(since),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Up, and really alive: its event loop is being driven (a connection
+    /// whose task is stuck is not shown as connected, even before its
+    /// watchdog restarts it).
     pub fn is_up(&self) -> bool {
-        self.lock().up
+        self.lock().up && self.alive()
+    }
+
+    fn alive(&self) -> bool {
+        self.not_driven_for_ms() <= self.watchdog_ms.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> ConnState {
-        self.lock().clone()
+        let mut st = self.lock().clone();
+        st.up = st.up && self.alive();
+        st
     }
 
     pub fn set_up(&self) {

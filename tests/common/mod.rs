@@ -36,6 +36,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod broker;
+pub mod peer;
 mod ferry;
 mod metrics;
 mod mqtt;
