@@ -32,6 +32,7 @@ const DEFAULT_HUB_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 1883;
 const DEFAULT_HUB_CLIENT_ID: &str = "ferry-hub";
 const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+const DEFAULT_ACK_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_RECONNECT_MIN_MS: u64 = 200;
 const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
 const DEFAULT_INFLIGHT: u16 = 100;
@@ -108,6 +109,8 @@ pub struct LinkConfig {
     /// None: keep messages until delivered.
     pub message_ttl: Option<Duration>,
     pub max_message_bytes: u32,
+    /// A destination that acknowledges nothing for this long while connected is stalled.
+    pub ack_timeout: Duration,
     pub routes: Vec<Route>,
 }
 
@@ -247,6 +250,7 @@ impl fmt::Debug for LinkConfig {
             .field("overflow", &self.overflow)
             .field("message_ttl", &self.message_ttl)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("ack_timeout", &self.ack_timeout)
             .field("routes", &self.routes)
             .finish()
     }
@@ -380,6 +384,7 @@ struct RawTuning {
     overflow: Option<Spanned<String>>,
     message_ttl_secs: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<RawSize>>,
+    ack_timeout_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +410,7 @@ struct RawLink {
     overflow: Option<Spanned<String>>,
     message_ttl_secs: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<RawSize>>,
+    ack_timeout_secs: Option<Spanned<i64>>,
 }
 
 impl RawLink {
@@ -419,6 +425,7 @@ impl RawLink {
             overflow: self.overflow.clone(),
             message_ttl_secs: self.message_ttl_secs.clone(),
             max_message_bytes: self.max_message_bytes.clone(),
+            ack_timeout_secs: self.ack_timeout_secs.clone(),
         }
     }
 }
@@ -645,6 +652,7 @@ struct TuningLayer {
     overflow: Option<Overflow>,
     message_ttl: Option<Option<Duration>>,
     max_message_bytes: Option<u32>,
+    ack_timeout: Option<Duration>,
 }
 
 impl TuningLayer {
@@ -660,6 +668,7 @@ impl TuningLayer {
             overflow: self.overflow.or(under.overflow),
             message_ttl: self.message_ttl.or(under.message_ttl),
             max_message_bytes: self.max_message_bytes.or(under.max_message_bytes),
+            ack_timeout: self.ack_timeout.or(under.ack_timeout),
         }
     }
 }
@@ -676,6 +685,7 @@ fn builtin_tuning() -> TuningLayer {
         overflow: Some(Overflow::Block),
         message_ttl: Some(None),
         max_message_bytes: Some(DEFAULT_MAX_MESSAGE_BYTES),
+        ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
     }
 }
 
@@ -734,6 +744,12 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
         .flatten();
     layer.reconnect_min = problems
         .take_optional(&raw.reconnect_min_ms, |raw| millis("reconnect_min_ms", raw))
+        .flatten();
+    layer.ack_timeout = problems
+        .take_optional(&raw.ack_timeout_secs, |raw| {
+            let secs = integer_in("ack_timeout_secs", raw, 1..=86_400, " seconds")?;
+            Ok(Duration::from_secs(secs))
+        })
         .flatten();
     layer.reconnect_max = problems
         .take_optional(&raw.reconnect_max_ms, |raw| millis("reconnect_max_ms", raw))
@@ -927,6 +943,7 @@ fn validate_link(
         overflow: tuning.overflow?,
         message_ttl: tuning.message_ttl?,
         max_message_bytes: tuning.max_message_bytes?,
+        ack_timeout: tuning.ack_timeout?,
         routes: routes.into_iter().map(|(route, _)| route).collect(),
     })
 }

@@ -44,12 +44,18 @@ pub async fn connection_stall(link: &str, role: &str) {
         let (target, role, after) = (parts.next()?, parts.next()?, parts.next()?.parse().ok()?);
         Some((target.to_string(), role.to_string(), after))
     });
-    let Some((target, target_role, after)) = spec else { return };
+    let Some((target, target_role, after)) = spec else {
+        return;
+    };
     if target != link || target_role != role || FIRED.load(Ordering::SeqCst) {
         return;
     }
     if EVENTS.fetch_add(1, Ordering::SeqCst) + 1 >= *after && !FIRED.swap(true, Ordering::SeqCst) {
-        tracing::warn!(link, role, "injected fault: connection task stops driving its event loop");
+        tracing::warn!(
+            link,
+            role,
+            "injected fault: connection task stops driving its event loop"
+        );
         std::future::pending::<()>().await;
     }
 }

@@ -52,9 +52,13 @@ async fn unthrottled_4k_burst_is_delivered_completely() {
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
 
     let started = std::time::Instant::now();
-    publish_n(hub.addr(), |_| "edge/1/down/t".into(), N, QoS::AtLeastOnce, |s| {
-        seq_payload(s, SIZE)
-    })
+    publish_n(
+        hub.addr(),
+        |_| "edge/1/down/t".into(),
+        N,
+        QoS::AtLeastOnce,
+        |s| seq_payload(s, SIZE),
+    )
     .await;
     let published_s = started.elapsed().as_secs_f64();
     let all = down.wait_distinct(N as usize, Duration::from_secs(300)).await;
@@ -134,12 +138,23 @@ async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
     assert!(all, "{summary}\n{}\n{}", down.describe(), ferry.log_tail(30));
     check_in_order(&down.messages(), N).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(peer.client_receive_maximum, Some(100), "{summary}");
-    assert!(peer.max_unacked > 1_000, "the peer must have ignored the Receive Maximum: {summary}");
+    assert!(
+        peer.max_unacked > 1_000,
+        "the peer must have ignored the Receive Maximum: {summary}"
+    );
     // Every message acknowledged on the one connection: nothing wedged or dropped.
     let acked = wait_until(LONG, Duration::from_millis(100), || hub.state().acked == N).await;
     assert!(acked, "acknowledged {} of {N}: {summary}", hub.state().acked);
-    assert_eq!(hub.state().connections, 1, "the hub connection was lost: {summary}\n{}", ferry.log_tail(30));
-    assert!(m.get_or_zero("ferry_receive_maximum_exceeded_total", &hub_ingest) > 0.0, "{summary}");
+    assert_eq!(
+        hub.state().connections,
+        1,
+        "the hub connection was lost: {summary}\n{}",
+        ferry.log_tail(30)
+    );
+    assert!(
+        m.get_or_zero("ferry_receive_maximum_exceeded_total", &hub_ingest) > 0.0,
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +186,18 @@ async fn stuck_connection_is_restarted_by_its_watchdog() {
         text.contains("watchdog: event loop not driven")
     })
     .await;
-    assert!(seen, "ferry status does not show the watchdog's verdict: {text}\n{}", ferry.log_tail(20));
+    assert!(
+        seen,
+        "ferry status does not show the watchdog's verdict: {text}\n{}",
+        ferry.log_tail(20)
+    );
     publisher.await.expect("publisher");
-    assert!(down.wait_distinct(N as usize, LONG).await, "{}\n{}", down.describe(), ferry.log_tail(30));
+    assert!(
+        down.wait_distinct(N as usize, LONG).await,
+        "{}\n{}",
+        down.describe(),
+        ferry.log_tail(30)
+    );
     check_in_order(&down.messages(), N).unwrap_or_else(|e| panic!("{e}"));
     ferry
         .wait_metric(
@@ -186,4 +210,3 @@ async fn stuck_connection_is_restarted_by_its_watchdog() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(ferry.log().contains("watchdog"), "{}", ferry.log_tail(30));
 }
-

@@ -135,10 +135,13 @@ pub struct ConnectionSpec {
 pub enum ConnEvent {
     /// Connected; `client` is valid until the matching `Down`.
     /// `max_packet_size`: the broker's Maximum Packet Size (CONNACK), if any.
+    /// Cancelling `reset` drops this connection and makes a new one (the
+    /// owner's remedy for a destination that stopped acknowledging).
     Up {
         epoch: u64,
         client: AsyncClient,
         max_packet_size: Option<u32>,
+        reset: CancellationToken,
     },
     /// A packet that the owner cares about (publishes and their acks).
     Packet { epoch: u64, event: Event },
@@ -278,11 +281,13 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
         status.set_up();
         gauge!(m::CONNECTION_UP, &labels).set(1.0);
         tracing::info!(link, side, role, %addr, session_present, "connected");
+        let reset = CancellationToken::new();
         if events
             .send(ConnEvent::Up {
                 epoch,
                 client: client.clone(),
                 max_packet_size,
+                reset: reset.clone(),
             })
             .is_err()
         {
@@ -292,6 +297,7 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
         let mut intake = Intake::new(&spec);
         let reason = tokio::select! {
             r = drive(&spec, &mut eventloop, &events, &stop, epoch, dead_after, &status, &mut intake) => r,
+            _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
             stuck_ms = watchdog(&status, spec.keepalive) => {
                 counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
                 tracing::error!(link, side, role, %addr, not_driven_ms = stuck_ms, keepalive_s = spec.keepalive.as_secs(), "watchdog: event loop not driven for longer than the keepalive; connection declared dead");

@@ -155,14 +155,15 @@ impl Ingest {
                 epoch,
                 event: Event::Incoming(Packet::Publish(p)),
             } => {
-                let records = self.route(&p);
+                let mut refused = 0;
+                let records = self.route(&p, &mut refused);
                 let ack = (p.qos != QoS::AtMostOnce).then(|| Publish {
                     payload: Default::default(),
                     topic: Default::default(),
                     properties: None,
                     ..p
                 });
-                if records.is_empty() {
+                if records.is_empty() && refused == 0 {
                     counter!(m::UNROUTED, "link" => self.link.clone(), "direction" => self.direction.as_str())
                         .increment(1);
                 }
@@ -180,7 +181,8 @@ impl Ingest {
     /// The records a received message becomes: one per route it is for.
     /// With subscription identifiers (MQTT v5) the broker says which
     /// subscriptions matched; without them, every route whose filter matches.
-    fn route(&self, p: &Publish) -> Vec<Record> {
+    /// Routes whose mapped topic is invalid refuse the message (counted in `refused`).
+    fn route(&self, p: &Publish, refused: &mut usize) -> Vec<Record> {
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
             tracing::warn!(link = %self.link, direction = %self.direction, "ignoring a message whose topic is not UTF-8");
             return Vec::new();
@@ -204,6 +206,15 @@ impl Ingest {
             })
             .filter_map(|(_, r)| {
                 let dest = r.map_to_dest(topic)?;
+                if let Err(reason) = crate::topic::validate_topic(&dest) {
+                    // The destination would refuse it (or drop the connection):
+                    // never let it into the queue.
+                    counter!(m::REFUSED, "link" => self.link.clone(), "direction" => self.direction.as_str(), "reason" => "invalid_topic").increment(1);
+                    let shown: String = dest.chars().take(200).collect();
+                    tracing::warn!(link = %self.link, direction = %self.direction, topic = %shown, %reason, "mapped topic is not a valid topic name; message refused (reason=invalid_topic)");
+                    *refused += 1;
+                    return None;
+                }
                 Some(Record {
                     topic: dest,
                     payload: p.payload.to_vec(),

@@ -167,7 +167,12 @@ pub fn spawn_half(
                 let spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
                 let status = ConnStatus::new(direction, dest_side, Role::Drain);
                 connections.push(status.clone());
-                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
+                tasks.spawn(connection_task(
+                    spec,
+                    events_tx,
+                    connection_stop.clone(),
+                    status.clone(),
+                ));
                 let drain = drain::Drain {
                     link: link.name.clone(),
                     direction,
@@ -175,6 +180,8 @@ pub fn spawn_half(
                     queue: queue.clone(),
                     window: link.inflight as usize,
                     ttl: link.message_ttl,
+                    ack_timeout: link.ack_timeout,
+                    status,
                     events: events_rx,
                     shutdown: stop.clone(),
                     connection_stop,

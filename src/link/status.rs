@@ -37,6 +37,10 @@ pub enum State {
     Connected,
     /// Some connection is down and being retried (see `next_attempt_ms`).
     Connecting,
+    /// A destination acknowledged nothing for `ack_timeout_secs` while
+    /// connected; its connection is reset and the unacknowledged messages
+    /// are sent again. Ends with the next acknowledgement.
+    Stalled,
     /// Paused by the operator (after a drain, or at once).
     Paused,
     /// Draining before a pause.
@@ -54,6 +58,7 @@ impl State {
         match self {
             State::Connected => "connected",
             State::Connecting => "connecting",
+            State::Stalled => "stalled",
             State::Paused => "paused",
             State::Draining => "draining",
             State::Restarting => "restarting",
@@ -86,6 +91,8 @@ pub struct ConnState {
     pub next_attempt_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// A drain connection whose destination stopped acknowledging.
+    pub stalled: bool,
 }
 
 impl ConnStatus {
@@ -102,8 +109,10 @@ impl ConnStatus {
 
     /// The connection's keepalive: the longest its event loop may go undriven.
     pub fn set_watchdog(&self, keepalive: std::time::Duration) {
-        self.watchdog_ms
-            .store(u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.watchdog_ms.store(
+            u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn poll_started(&self) {
@@ -166,6 +175,14 @@ impl ConnStatus {
         st.next_attempt_ms = Some(now + retry_in_ms);
         st.last_error = Some(error.to_string());
         st.last_error_ms = Some(now);
+    }
+
+    pub fn set_stalled(&self, stalled: bool) {
+        self.lock().stalled = stalled;
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.lock().stalled
     }
 
     /// The connection was closed on purpose.
@@ -324,6 +341,7 @@ impl LinkStatus {
         match st.mode {
             Mode::Paused => State::Paused,
             Mode::Draining => State::Draining,
+            Mode::Running if st.connections.iter().any(|c| c.is_stalled()) => State::Stalled,
             Mode::Running if !st.connections.is_empty() && st.connections.iter().all(|c| c.is_up()) => State::Connected,
             Mode::Running => State::Connecting,
         }

@@ -36,10 +36,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod broker;
-pub mod peer;
 mod ferry;
 mod metrics;
 mod mqtt;
+pub mod peer;
 mod ports;
 mod proxy;
 mod smallfs;

@@ -41,6 +41,8 @@ pub struct PeerScript {
     pub receive_maximum: Option<u16>,
     /// Source role: `(topic, count, payload size)`; payloads are `seq_payload`.
     pub publish_on_subscribe: Option<(String, u64, usize)>,
+    /// Source role: message `i` goes out on this topic instead (a bad one).
+    pub bad_topic_at: Option<(u64, String)>,
     /// Destination role: the PUBACK reason for each PUBLISH received.
     pub ack: Arc<AckFn>,
 }
@@ -51,6 +53,7 @@ impl Default for PeerScript {
             max_packet_size: None,
             receive_maximum: None,
             publish_on_subscribe: None,
+            bad_topic_at: None,
             ack: Arc::new(|_, _| Some(PubAckReason::Success)),
         }
     }
@@ -87,7 +90,9 @@ impl Peer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("Peer: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("Peer: no local address: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("Peer: no local address: {e}"));
         let state = Arc::new(Mutex::new(PeerState::default()));
         let session = Arc::new(Mutex::new(Session::new(&script)));
         let task = {
@@ -100,7 +105,12 @@ impl Peer {
                         old.abort();
                     }
                     let _ = socket.set_nodelay(true);
-                    current = Some(tokio::spawn(serve(socket, script.clone(), state.clone(), session.clone())));
+                    current = Some(tokio::spawn(serve(
+                        socket,
+                        script.clone(),
+                        state.clone(),
+                        session.clone(),
+                    )));
                 }
             })
         };
@@ -149,12 +159,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn serve(
-    mut socket: TcpStream,
-    script: PeerScript,
-    state: Arc<Mutex<PeerState>>,
-    session: Arc<Mutex<Session>>,
-) {
+async fn serve(mut socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState>>, session: Arc<Mutex<Session>>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut conn = 0u64;
     loop {
@@ -267,7 +272,11 @@ fn resend_unacked(script: &PeerScript, state: &Mutex<PeerState>, session: &Mutex
             continue;
         }
         pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-        let mut p = Publish::new(topic.clone(), QoS::AtLeastOnce, super::seq_payload(i as u64, *size), None);
+        let topic = match &script.bad_topic_at {
+            Some((at, bad)) if *at == i as u64 => bad.clone(),
+            _ => topic.clone(),
+        };
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, super::seq_payload(i as u64, *size), None);
         p.pkid = pkid;
         p.dup = was_on_wire.contains(&i);
         s.on_wire.insert(pkid, i);
