@@ -201,13 +201,7 @@ async fn destination_that_never_acknowledges_is_stalled_reset_and_delivered() {
     })
     .await;
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(
-        data.path(),
-        free_port(),
-        hub.port(),
-        edge.port(),
-        "ack_timeout_secs = 3",
-    ));
+    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
     publish_n(
         hub.addr(),
@@ -258,7 +252,13 @@ async fn mapped_topic_with_a_wildcard_is_refused_at_ingest() {
     .await;
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
+    let ferry = Ferry::start(&config(
+        data.path(),
+        free_port(),
+        hub.port(),
+        edge.port(),
+        "ack_timeout_secs = 3",
+    ));
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     assert!(
         down.wait_distinct(N as usize - 1, LONG).await,

@@ -6,7 +6,7 @@
 //!   sends ferry far more than the Receive Maximum ferry announced; every
 //!   message must still arrive, in order.
 //! - `peer_ignoring_receive_maximum_does_not_stop_the_link`: a scripted hub
-//!   that sends thousands of PUBLISHes without waiting for a single PUBACK.
+//!   that sends 50,000 PUBLISHes without waiting for a single PUBACK.
 //!   ferry keeps reading, acknowledges each once stored, keeps pinging, and
 //!   forwards everything.
 //! - `stuck_connection_is_restarted_by_its_watchdog`: a connection task that
@@ -113,7 +113,8 @@ fn peer_config(data: &std::path::Path, metrics_port: u16, hub_port: u16, edge_po
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
-    const N: u64 = 20_000;
+    // 50 MiB at once: more than the old code could read within two keepalives.
+    const N: u64 = 50_000;
     let hub = Peer::start(PeerScript {
         publish_on_subscribe: Some(("edge/1/down/t".to_string(), N, 1024)),
         ..PeerScript::default()

@@ -176,6 +176,8 @@ struct Window {
     probing: bool,
     /// No acknowledgement within the ack timeout; cleared by the next one.
     stalled: bool,
+    /// When the current connection last acknowledged anything.
+    last_ack: Option<tokio::time::Instant>,
     /// Next sequence number to read.
     cursor: u64,
     /// Requested but not yet written (no packet id known yet), in order.
@@ -258,7 +260,9 @@ impl Drain {
     /// the reconnect).
     fn check_acks(&mut self, w: &mut Window) {
         let Some(oldest) = w.oldest_outstanding() else { return };
-        let waited = oldest.elapsed();
+        // Waiting since the oldest was sent, or since the last ack if later:
+        // a destination that acknowledges slowly but steadily is not stalled.
+        let waited = w.last_ack.map_or(oldest, |at| at.max(oldest)).elapsed();
         if w.client.is_none() || waited < self.ack_timeout {
             return;
         }
@@ -323,6 +327,7 @@ impl Drain {
                 w.client = Some((epoch, client));
                 w.max_packet_size = max_packet_size;
                 w.reset = Some(reset);
+                w.last_ack = None;
             }
             ConnEvent::Down { epoch } => {
                 if matches!(w.client, Some((e, _)) if e == epoch) {
@@ -341,6 +346,14 @@ impl Drain {
     }
 
     fn on_packet(&mut self, w: &mut Window, event: Event) {
+        if matches!(
+            event,
+            Event::Incoming(Packet::PubAck(_))
+                | Event::Incoming(Packet::PubRec(_))
+                | Event::Incoming(Packet::PubComp(_))
+        ) {
+            w.last_ack = Some(tokio::time::Instant::now());
+        }
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let Some(sent) = w.unmatched.pop_front() else { return };

@@ -132,6 +132,14 @@ impl Ingest {
             self.on_event(&mut st, ev).await;
         }
         self.commit(&mut st).await;
+        // Give acks that found rumqttc's request channel full a moment to fit.
+        for _ in 0..200 {
+            if st.unsent_acks.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            send_acks(&mut st);
+        }
         if !st.held.is_empty() {
             tracing::info!(link = %self.link, direction = %self.direction, held = st.held.len(), "stopping with unacknowledged messages; the source broker keeps them");
         }

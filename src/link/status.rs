@@ -120,7 +120,8 @@ impl ConnStatus {
     }
 
     pub fn poll_returned(&self) {
-        self.outside_poll_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        self.outside_poll_since_ms
+            .store(monotonic_ms().max(1), Ordering::Relaxed);
     }
 
     /// The connection is not being driven on purpose (closed, reconnecting).
@@ -132,7 +133,7 @@ impl ConnStatus {
     pub fn not_driven_for_ms(&self) -> u64 {
         match self.outside_poll_since_ms.load(Ordering::Relaxed) {
             0 => 0,
-            since => now_ms().saturating_sub(since),
+            since => monotonic_ms().saturating_sub(since),
         }
     }
 
@@ -192,6 +193,13 @@ impl ConnStatus {
         st.since_ms = Some(now_ms());
         st.next_attempt_ms = None;
     }
+}
+
+/// Milliseconds on a monotonic clock (since the first call): the watchdog
+/// must not fire because the wall clock jumped.
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// The shared status of one link.

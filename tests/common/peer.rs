@@ -159,7 +159,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn serve(mut socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState>>, session: Arc<Mutex<Session>>) {
+async fn serve(socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState>>, session: Arc<Mutex<Session>>) {
+    // Reading goes on while a long burst is being written, as in a real broker.
+    let (mut socket, mut writer) = socket.into_split();
+    let (wire_tx, mut wire_rx) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let write_task = tokio::spawn(async move {
+        while let Some(wire) = wire_rx.recv().await {
+            if writer.write_all(&wire).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _write_task = AbortOnDrop(write_task);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut conn = 0u64;
     loop {
@@ -250,9 +261,17 @@ async fn serve(mut socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerS
                 return;
             }
         }
-        if !wire.is_empty() && socket.write_all(&wire).await.is_err() {
+        if !wire.is_empty() && wire_tx.send(wire).is_err() {
             return;
         }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
