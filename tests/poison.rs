@@ -11,20 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::peer::{Peer, PeerScript};
+use common::peer::{one_link_config, Peer, PeerScript, PeerState};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-
-fn config(data: &std::path::Path, metrics_port: u16, hub_port: u16, edge_port: u16, extra: &str) -> String {
-    format!(
-        "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[admin]\nlisten = \"off\"\n\
-         [hub]\nhost = \"127.0.0.1\"\nport = {hub_port}\nstate_topic = \"off\"\n\
-         [defaults]\nkeepalive_secs = 5\nreconnect_max_ms = 1000\n{extra}\n\
-         [[links]]\nname = \"e1\"\nhost = \"127.0.0.1\"\nport = {edge_port}\n\
-         [[links.routes]]\ndirection = \"out\"\nlocal = \"edge/1/down/#\"\nremote = \"down/#\"\nqos = 1\n",
-        data.display()
-    )
-}
 
 /// The seqs of `payloads`, first occurrences only, in order of arrival.
 fn first_seqs(payloads: &[Vec<u8>]) -> Vec<u64> {
@@ -37,6 +26,43 @@ fn first_seqs(payloads: &[Vec<u8>]) -> Vec<u64> {
 }
 
 const OUT: [(&str, &str); 2] = [("link", "e1"), ("direction", "out")];
+
+/// Starts ferry from `hub` to the scripted `edge` (`extra`: more
+/// `[defaults]` lines) and publishes `n` messages of 64 bytes on the hub.
+async fn forward_to_peer(hub: &Broker, edge: &Peer, extra: &str, n: u64) -> (tempfile::TempDir, Ferry) {
+    let data = Ferry::data_dir_for_test();
+    let ferry = Ferry::start(&one_link_config(
+        data.path(),
+        free_port(),
+        hub.port(),
+        edge.port(),
+        extra,
+    ));
+    ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
+    publish_n(
+        hub.addr(),
+        |_| "edge/1/down/t".into(),
+        n,
+        QoS::AtLeastOnce,
+        |s| seq_payload(s, 64),
+    )
+    .await;
+    (data, ferry)
+}
+
+/// Waits until `edge` accepted every seq of `0..n` and checks that their
+/// first acceptances came in order; returns what the peer saw.
+async fn assert_accepted_in_order(edge: &Peer, ferry: &Ferry, n: u64) -> PeerState {
+    let all = wait_until(LONG, Duration::from_millis(100), || {
+        first_seqs(&edge.state().accepted).len() == n as usize
+    })
+    .await;
+    let st = edge.state();
+    let accepted = first_seqs(&st.accepted);
+    assert!(all, "accepted {} of {n}\n{}", accepted.len(), ferry.log_tail(20));
+    assert_eq!(accepted, (0..n).collect::<Vec<_>>(), "not in order");
+    st
+}
 
 /// received = forwarded + dropped + queued, as exported, once it settles.
 async fn assert_invariant(ferry: &Ferry) {
@@ -62,7 +88,7 @@ async fn message_larger_than_the_destination_maximum_is_dropped_and_the_queue_mo
     // mosquitto announces max_packet_size in its CONNACK (Maximum Packet Size).
     let edge = Broker::start_with("max_packet_size 1024\n");
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
+    let ferry = Ferry::start(&one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""));
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
     publish_n(
@@ -115,29 +141,8 @@ async fn quota_exceeded_is_retried_until_accepted_in_order() {
         ..PeerScript::default()
     })
     .await;
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
-    ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
-    let all = wait_until(LONG, Duration::from_millis(100), || {
-        first_seqs(&edge.state().accepted).len() == N as usize
-    })
-    .await;
-    let st = edge.state();
-    assert!(
-        all,
-        "accepted {} of {N}\n{}",
-        first_seqs(&st.accepted).len(),
-        ferry.log_tail(20)
-    );
-    assert_eq!(first_seqs(&st.accepted), (0..N).collect::<Vec<_>>(), "not in order");
+    let (_data, ferry) = forward_to_peer(&hub, &edge, "", N).await;
+    let st = assert_accepted_in_order(&edge, &ferry, N).await;
     assert!(
         st.received.len() as u64 >= N + 100,
         "the refused ones were not sent again"
@@ -165,17 +170,7 @@ async fn permanent_refusal_is_dropped_as_rejected() {
         ..PeerScript::default()
     })
     .await;
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
-    ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    let (_data, ferry) = forward_to_peer(&hub, &edge, "", N).await;
     let mut rejected = vec![("reason", "rejected")];
     rejected.extend(OUT);
     ferry
@@ -200,17 +195,7 @@ async fn destination_that_never_acknowledges_is_stalled_reset_and_delivered() {
         ..PeerScript::default()
     })
     .await;
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(data.path(), free_port(), hub.port(), edge.port(), ""));
-    ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    let (_data, ferry) = forward_to_peer(&hub, &edge, "ack_timeout_secs = 3", N).await;
     ferry
         .wait_metric("ferry_ack_timeouts_total", &OUT, |v| v >= 1.0, LONG)
         .await
@@ -220,18 +205,7 @@ async fn destination_that_never_acknowledges_is_stalled_reset_and_delivered() {
         "{}",
         ferry.log_tail(20)
     );
-    let all = wait_until(LONG, Duration::from_millis(100), || {
-        first_seqs(&edge.state().accepted).len() == N as usize
-    })
-    .await;
-    let st = edge.state();
-    assert!(
-        all,
-        "accepted {} of {N}\n{}",
-        first_seqs(&st.accepted).len(),
-        ferry.log_tail(20)
-    );
-    assert_eq!(first_seqs(&st.accepted), (0..N).collect::<Vec<_>>(), "not in order");
+    let st = assert_accepted_in_order(&edge, &ferry, N).await;
     assert!(st.connections >= 2, "the connection was not reset");
     ferry
         .wait_metric("ferry_link_stalled", &OUT, |v| v == 0.0, LONG)
@@ -252,13 +226,7 @@ async fn mapped_topic_with_a_wildcard_is_refused_at_ingest() {
     .await;
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&config(
-        data.path(),
-        free_port(),
-        hub.port(),
-        edge.port(),
-        "ack_timeout_secs = 3",
-    ));
+    let ferry = Ferry::start(&one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""));
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     assert!(
         down.wait_distinct(N as usize - 1, LONG).await,

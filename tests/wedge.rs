@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::peer::{Peer, PeerScript};
+use common::peer::{one_link_config, Peer, PeerScript};
 use common::*;
 
 /// mosquitto's defaults, except the per-session queue limit that ferry's docs
@@ -61,7 +61,7 @@ async fn unthrottled_4k_burst_is_delivered_completely() {
     )
     .await;
     let published_s = started.elapsed().as_secs_f64();
-    let all = down.wait_distinct(N as usize, Duration::from_secs(300)).await;
+    let all = down.wait_distinct(N as usize, Duration::from_secs(600)).await;
     let m = ferry.scrape();
     let labels = [("link", "e1"), ("direction", "out")];
     let summary = format!(
@@ -100,17 +100,6 @@ async fn unthrottled_4k_burst_is_delivered_completely() {
     assert!(lost.is_empty(), "hub connection lost: {lost:#?}");
 }
 
-fn peer_config(data: &std::path::Path, metrics_port: u16, hub_port: u16, edge_port: u16, extra: &str) -> String {
-    format!(
-        "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[admin]\nlisten = \"off\"\n\
-         [hub]\nhost = \"127.0.0.1\"\nport = {hub_port}\nstate_topic = \"off\"\n\
-         [defaults]\nkeepalive_secs = 5\nreconnect_max_ms = 1000\n{extra}\n\
-         [[links]]\nname = \"e1\"\nhost = \"127.0.0.1\"\nport = {edge_port}\n\
-         [[links.routes]]\ndirection = \"out\"\nlocal = \"edge/1/down/#\"\nremote = \"down/#\"\nqos = 1\n",
-        data.display()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
     // 50 MiB at once: more than the old code could read within two keepalives.
@@ -122,7 +111,7 @@ async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
     .await;
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(&peer_config(data.path(), free_port(), hub.port(), edge.port(), ""));
+    let ferry = Ferry::start(&one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""));
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     let all = down.wait_distinct(N as usize, LONG).await;
     let peer = hub.state();
@@ -134,7 +123,7 @@ async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
         m.get_or_zero("ferry_receive_maximum_exceeded_total", &hub_ingest),
         m.get_or_zero("ferry_reconnects_total", &hub_ingest),
     )
-    .replace(|c: char| c == '\n', " ");
+    .replace('\n', " ");
     let summary: String = summary.chars().take(600).collect();
     assert!(all, "{summary}\n{}\n{}", down.describe(), ferry.log_tail(30));
     check_in_order(&down.messages(), N).unwrap_or_else(|e| panic!("{e}"));
@@ -165,7 +154,7 @@ async fn stuck_connection_is_restarted_by_its_watchdog() {
     let edge = Broker::start();
     let data = Ferry::data_dir_for_test();
     let admin_port = free_port();
-    let mut cfg = peer_config(data.path(), free_port(), hub.port(), edge.port(), "");
+    let mut cfg = one_link_config(data.path(), free_port(), hub.port(), edge.port(), "");
     cfg = cfg.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{admin_port}\""));
     // The drain connection stops driving its event loop after 200 events.
     let ferry = Ferry::start_with_env(&cfg, &[("FERRY_FAULT_STALL", "e1:drain:200")]);

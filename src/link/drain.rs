@@ -570,7 +570,7 @@ impl Drain {
         let message_expiry_interval = match p.message_expiry_interval {
             Some(secs) => {
                 let left = (secs as u64 * 1000).checked_sub(age_ms)?;
-                Some(((left + 999) / 1000).max(1) as u32)
+                Some(left.div_ceil(1000).max(1) as u32)
             }
             None => None,
         };

@@ -310,6 +310,26 @@ fn resend_unacked(script: &PeerScript, state: &Mutex<PeerState>, session: &Mutex
     out
 }
 
+/// The ferry config of a test against a peer: link `e1` with one `out`
+/// route `edge/1/down/#` -> `down/#`, keepalive 5 s, admin API off, no
+/// state topic; `extra`: more `[defaults]` lines.
+pub fn one_link_config(
+    data: &std::path::Path,
+    metrics_port: u16,
+    hub_port: u16,
+    edge_port: u16,
+    extra: &str,
+) -> String {
+    format!(
+        "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[admin]\nlisten = \"off\"\n\
+         [hub]\nhost = \"127.0.0.1\"\nport = {hub_port}\nstate_topic = \"off\"\n\
+         [defaults]\nkeepalive_secs = 5\nreconnect_max_ms = 1000\n{extra}\n\
+         [[links]]\nname = \"e1\"\nhost = \"127.0.0.1\"\nport = {edge_port}\n\
+         [[links.routes]]\ndirection = \"out\"\nlocal = \"edge/1/down/#\"\nremote = \"down/#\"\nqos = 1\n",
+        data.display()
+    )
+}
+
 fn empty_connack_properties() -> ConnAckProperties {
     ConnAckProperties {
         session_expiry_interval: None,
