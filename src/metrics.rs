@@ -29,6 +29,13 @@ pub const LINK_DRAIN_RATE: &str = "ferry_link_drain_rate";
 pub const LINK_DRAIN_BYTES_RATE: &str = "ferry_link_drain_bytes_rate";
 pub const CONNECTION_UP: &str = "ferry_connection_up";
 pub const RECONNECTS: &str = "ferry_reconnects_total";
+pub const WATCHDOG_RESTARTS: &str = "ferry_connection_watchdog_restarts_total";
+pub const RECEIVE_MAXIMUM_EXCEEDED: &str = "ferry_receive_maximum_exceeded_total";
+pub const PUBLISHES_DEFERRED: &str = "ferry_publishes_deferred_total";
+pub const LINK_STALLED: &str = "ferry_link_stalled";
+pub const REFUSED: &str = "ferry_messages_refused_total";
+pub const ACK_TIMEOUTS: &str = "ferry_ack_timeouts_total";
+pub const PUBLISH_RETRIES: &str = "ferry_publish_retries_total";
 pub const TASK_RESTARTS: &str = "ferry_task_restarts_total";
 pub const INGEST_BLOCKED: &str = "ferry_ingest_blocked";
 pub const STORE_ERRORS: &str = "ferry_store_errors_total";
@@ -118,6 +125,34 @@ fn describe() {
     );
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
+    describe_counter!(
+        WATCHDOG_RESTARTS,
+        "Connections declared dead because their event loop was not driven for longer than the keepalive (link, side, role)."
+    );
+    describe_counter!(
+        RECEIVE_MAXIMUM_EXCEEDED,
+        "QoS 1/2 messages a broker sent beyond the Receive Maximum ferry announced; kept, acknowledged once stored (link, side, role)."
+    );
+    describe_counter!(
+        REFUSED,
+        "Messages refused at ingest, never queued (not in the queue's received total), by reason: invalid_topic (the mapped topic is not a valid topic name)."
+    );
+    describe_gauge!(
+        LINK_STALLED,
+        "1 while the destination (link, direction) acknowledged nothing within ack_timeout_secs; ends with the next acknowledgement."
+    );
+    describe_counter!(
+        ACK_TIMEOUTS,
+        "Drain connections reset because nothing was acknowledged within ack_timeout_secs (link, direction)."
+    );
+    describe_counter!(
+        PUBLISH_RETRIES,
+        "Publishes the destination refused for now (quota exceeded, unspecified or implementation specific error) and that are sent again (link, direction)."
+    );
+    describe_counter!(
+        PUBLISHES_DEFERRED,
+        "Messages left unacknowledged for the broker to resend after a reconnect, because too much beyond the Receive Maximum was held (link, side, role)."
+    );
     describe_counter!(
         TASK_RESTARTS,
         "Times the supervisor restarted a link's tasks after one died."

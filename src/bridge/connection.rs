@@ -5,23 +5,46 @@
 //! route filters subscribed) and one *drain* connection on the destination
 //! broker (clean session: the queue, not the broker, knows what is unsent).
 //!
-//! The task here owns the rumqttc event loop and nothing else. It never
-//! waits on its owner except to hand over events, so keepalive pings keep
-//! flowing. Every connection attempt gets a fresh rumqttc client and event
-//! loop and a new *epoch* number, so no state of a dead connection (packet
-//! ids, half-sent requests) can leak into the next one; owners use the epoch
-//! to ignore late events of a previous connection.
+//! The task here owns the rumqttc event loop and nothing else. rumqttc does
+//! all of a connection's I/O inside `EventLoop::poll()`: reading, writing the
+//! owner's acks and publishes, and pinging. So this task **never waits on
+//! anything but `poll()`**: events go to the owner over an unbounded channel,
+//! and the owner never waits on the connection either (it queues requests
+//! with `try_*`). A slow owner can no longer stop acks and pings (the wedge
+//! of issue 8: the task waited for room in a bounded channel to ingest while
+//! ingest waited for room in rumqttc's request channel).
+//!
+//! Every connection attempt gets a fresh rumqttc client and event loop and a
+//! new *epoch* number, so no state of a dead connection (packet ids,
+//! half-sent requests) can leak into the next one; owners use the epoch to
+//! ignore late events of a previous connection.
 //!
 //! A peer that stops answering (a powered-off host sends no FIN and no RST)
 //! is noticed by a deadline: rumqttc pings every `keepalive`, so a healthy
 //! broker sends *something* at least that often; silence for 1.5 x keepalive
-//! drops the connection.
+//! drops the connection. A **watchdog** checks the task itself: if the event
+//! loop has not been polled for longer than `keepalive` (the task is stuck
+//! outside `poll()`), the connection is declared dead, counted
+//! (`ferry_connection_watchdog_restarts_total`) and made again.
+//!
+//! A subscribing connection announces a Receive Maximum (`inflight`), but
+//! brokers do not always hold to it (mosquitto 2.0.11 sends everything). The
+//! excess is read and handed on, unacknowledged until stored ([`Intake`]).
+//! Only when the excess held in memory passes [`EXCESS_MAX_BYTES`] does the
+//! connection stop keeping what arrives: it leaves it unacknowledged (the
+//! broker keeps it), goes on acknowledging and pinging, and once everything
+//! it kept is acknowledged it reconnects, so the broker sends the rest again,
+//! in order.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule, SubscribeProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, Publish, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -33,8 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::metrics as m;
 use crate::metrics::now_ms;
-use crate::names::Direction;
-use crate::names::{Role, Side};
+use crate::names::{Direction, Role, Side};
 use crate::secret::Secret;
 
 /// One connection's state, written by its connection task and read by the
@@ -45,6 +67,11 @@ pub struct ConnStatus {
     pub side: Side,
     pub role: Role,
     state: Mutex<ConnState>,
+    /// Since when (ms since the epoch) the connection task is outside
+    /// `EventLoop::poll()` while connected; 0 while it polls or is not connected.
+    outside_poll_since_ms: AtomicU64,
+    /// A connection whose event loop is not driven for longer than this is dead.
+    watchdog_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -56,6 +83,9 @@ pub struct ConnState {
     pub next_attempt_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// A drain connection whose destination stopped acknowledging.
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 impl ConnStatus {
@@ -65,19 +95,60 @@ impl ConnStatus {
             side,
             role,
             state: Mutex::new(ConnState::default()),
+            outside_poll_since_ms: AtomicU64::new(0),
+            watchdog_ms: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// The connection's keepalive: the longest its event loop may go undriven.
+    pub fn set_watchdog(&self, keepalive: std::time::Duration) {
+        self.watchdog_ms.store(
+            u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn poll_started(&self) {
+        self.outside_poll_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn poll_returned(&self) {
+        self.outside_poll_since_ms
+            .store(monotonic_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// The connection is not being driven on purpose (closed, reconnecting).
+    pub fn poll_ended(&self) {
+        self.outside_poll_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the event loop has not been polled while connected (ms).
+    pub fn not_driven_for_ms(&self) -> u64 {
+        match self.outside_poll_since_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            since => monotonic_ms().saturating_sub(since),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Up, and really alive: its event loop is being driven (a connection
+    /// whose task is stuck is not shown as connected, even before its
+    /// watchdog restarts it).
     pub fn is_up(&self) -> bool {
-        self.lock().up
+        self.lock().up && self.alive()
+    }
+
+    fn alive(&self) -> bool {
+        self.not_driven_for_ms() <= self.watchdog_ms.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> ConnState {
-        self.lock().clone()
+        let mut st = self.lock().clone();
+        st.up = st.up && self.alive();
+        st
     }
 
     pub fn set_up(&self) {
@@ -100,6 +171,14 @@ impl ConnStatus {
         st.last_error_ms = Some(now);
     }
 
+    pub fn set_stalled(&self, stalled: bool) {
+        self.lock().stalled = stalled;
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.lock().stalled
+    }
+
     /// The connection was closed on purpose.
     pub fn set_closed(&self) {
         let mut st = self.lock();
@@ -107,6 +186,13 @@ impl ConnStatus {
         st.since_ms = Some(now_ms());
         st.next_attempt_ms = None;
     }
+}
+
+/// Milliseconds on a monotonic clock (since the first call): the watchdog
+/// must not fire because the wall clock jumped.
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// Where to connect and as whom.
@@ -152,19 +238,43 @@ pub struct ConnectionSpec {
 #[derive(Debug)]
 pub enum ConnEvent {
     /// Connected; `client` is valid until the matching `Down`.
-    Up { epoch: u64, client: AsyncClient },
+    /// `max_packet_size`: the broker's Maximum Packet Size (CONNACK), if any.
+    /// Cancelling `reset` drops this connection and makes a new one (the
+    /// owner's remedy for a destination that stopped acknowledging).
+    Up {
+        epoch: u64,
+        client: AsyncClient,
+        max_packet_size: Option<u32>,
+        reset: CancellationToken,
+    },
     /// A packet that the owner cares about (publishes and their acks).
     Packet { epoch: u64, event: Event },
     /// The connection of `epoch` is gone.
     Down { epoch: u64 },
 }
 
-/// Capacity of the channel from the connection task to its owner: a full
-/// in-flight window plus control packets. Ingest also holds at most this
-/// many messages unacknowledged before it stops reading.
+/// The channel from the connection task to its owner. Unbounded, so that
+/// handing over an event never waits: what bounds it is the peer (a broker
+/// honouring the Receive Maximum sends at most `inflight` unacknowledged
+/// messages; one that does not is bounded by [`Intake`]).
+pub type EventSender = mpsc::UnboundedSender<ConnEvent>;
+pub type EventReceiver = mpsc::UnboundedReceiver<ConnEvent>;
+
+pub fn event_channel() -> (EventSender, EventReceiver) {
+    mpsc::unbounded_channel()
+}
+
+/// How many messages ingest stores in one batch at most: a full in-flight
+/// window plus control packets.
 pub fn channel_capacity(inflight: u16) -> usize {
     2 * inflight as usize + 64
 }
+
+/// Bytes of messages beyond the Receive Maximum that a subscribing
+/// connection keeps in memory, unacknowledged, while ingest stores them.
+/// Past it, what arrives is left unacknowledged for the broker to resend
+/// after a reconnect (see the module doc).
+pub const EXCESS_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Capacity of rumqttc's request channel (the owner's acks and publishes to
 /// the connection task). Queueing an ack must never wait: otherwise the
@@ -222,19 +332,15 @@ fn connect_timeout(keepalive: Duration) -> Duration {
 /// Runs the connection until `stop` is cancelled or the owner goes away.
 /// On `stop`, requests already queued on the client (acks, a DISCONNECT)
 /// are sent before the socket is closed. Every failure (cannot connect,
-/// cannot subscribe, connection lost) is retried the same way: after the
-/// backoff's next delay.
-pub async fn run(
-    spec: ConnectionSpec,
-    events: mpsc::Sender<ConnEvent>,
-    stop: CancellationToken,
-    status: Arc<ConnStatus>,
-) {
+/// cannot subscribe, connection lost, the watchdog) is retried the same way:
+/// after the backoff's next delay.
+pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationToken, status: Arc<ConnStatus>) {
     let labels = spec.labels();
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let addr = format!("{}:{}", spec.endpoint.host, spec.endpoint.port);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut epoch = 0u64;
+    status.set_watchdog(spec.keepalive);
 
     while !stop.is_cancelled() {
         epoch += 1;
@@ -250,7 +356,7 @@ pub async fn run(
         tracing::warn!(link, side, role, %addr, error, retry_in_ms, "{}", failure.event);
         counter!(m::RECONNECTS, &labels).increment(1);
         status.set_down(&failure.shown, retry_in_ms);
-        if failure.up_for.is_some() && events.send(ConnEvent::Down { epoch }).await.is_err() {
+        if failure.up_for.is_some() && events.send(ConnEvent::Down { epoch }).is_err() {
             return;
         }
         sleep_or_stop(delay, &stop).await;
@@ -277,7 +383,7 @@ async fn attempt(
     spec: &ConnectionSpec,
     addr: &str,
     epoch: u64,
-    events: &mpsc::Sender<ConnEvent>,
+    events: &EventSender,
     stop: &CancellationToken,
     status: &ConnStatus,
 ) -> Option<Failure> {
@@ -291,13 +397,15 @@ async fn attempt(
         })
     };
     let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
-    let session_present = tokio::select! {
+    let (session_present, max_packet_size) = tokio::select! {
         _ = stop.cancelled() => return None,
         r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.session_present,
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                (ack.session_present, ack.properties.as_ref().and_then(|p| p.max_packet_size))
+            }
             Ok(Ok(other)) => {
                 tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
-                false
+                (false, None)
             }
             Ok(Err(e)) => return never_up("cannot connect", Some(e.to_string()), format!("cannot connect to {addr}: {e}")),
             Err(_) => return never_up("cannot connect: timed out", None, format!("cannot connect to {addr}: timed out")),
@@ -319,21 +427,35 @@ async fn attempt(
     let labels = spec.labels();
     gauge!(m::CONNECTION_UP, &labels).set(1.0);
     tracing::info!(link, side, role, %addr, session_present, "connected");
+    let reset = CancellationToken::new();
     let up = ConnEvent::Up {
         epoch,
         client: client.clone(),
+        max_packet_size,
+        reset: reset.clone(),
     };
-    if events.send(up).await.is_err() {
+    if events.send(up).is_err() {
         return None;
     }
 
-    let reason = drive(spec, &mut eventloop, events, stop, epoch, spec.keepalive * 3 / 2).await;
+    let mut intake = Intake::new(spec);
+    let dead_after = spec.keepalive * 3 / 2;
+    let reason = tokio::select! {
+        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake) => r,
+        _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
+        stuck_ms = watchdog(status, spec.keepalive) => {
+            counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
+            tracing::error!(link, side, role, %addr, not_driven_ms = stuck_ms, keepalive_s = spec.keepalive.as_secs(), "watchdog: event loop not driven for longer than the keepalive; connection declared dead");
+            Some(format!("watchdog: event loop not driven for {:.1}s (keepalive {}s)", stuck_ms as f64 / 1000.0, spec.keepalive.as_secs()))
+        }
+    };
+    status.poll_ended();
     gauge!(m::CONNECTION_UP, &labels).set(0.0);
     let Some(reason) = reason else {
         // Stopped on purpose: flush what the owner queued, then close.
         status.set_closed();
         close(&client, &mut eventloop).await;
-        let _ = events.send(ConnEvent::Down { epoch }).await;
+        let _ = events.send(ConnEvent::Down { epoch });
         return None;
     };
     Some(Failure {
@@ -344,24 +466,46 @@ async fn attempt(
     })
 }
 
+/// Resolves when the event loop has not been polled for longer than
+/// `keepalive` (returns for how long, in ms). Checked twice a second.
+async fn watchdog(status: &ConnStatus, keepalive: Duration) -> u64 {
+    let limit = keepalive.as_millis() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stuck = status.not_driven_for_ms();
+        if stuck > limit {
+            return stuck;
+        }
+    }
+}
+
 /// Polls until the connection fails (returns why) or `stop` (returns None).
+/// Nothing here waits but `poll()`: handing events over never blocks.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     spec: &ConnectionSpec,
     eventloop: &mut EventLoop,
-    events: &mpsc::Sender<ConnEvent>,
+    events: &EventSender,
     stop: &CancellationToken,
     epoch: u64,
     dead_after: Duration,
+    status: &ConnStatus,
+    intake: &mut Intake,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let mut last_heard = Instant::now();
     loop {
         let deadline = last_heard + dead_after;
+        status.poll_started();
         let polled = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
             r = tokio::time::timeout_at(deadline, eventloop.poll()) => r,
         };
+        status.poll_returned();
+        crate::fault::connection_stall(&spec.link, spec.role.as_str()).await;
         let event = match polled {
             Err(_) => {
                 return Some(format!(
@@ -389,17 +533,106 @@ async fn drive(
             }
             _ => {}
         }
-        let wanted = matches!(
-            event,
-            Event::Incoming(Packet::Publish(_))
-                | Event::Incoming(Packet::PubAck(_))
-                | Event::Incoming(Packet::PubRec(_))
-                | Event::Incoming(Packet::PubComp(_))
-                | Event::Outgoing(Outgoing::Publish(_))
-        );
-        if wanted && events.send(ConnEvent::Packet { epoch, event }).await.is_err() {
+        let wanted = match &event {
+            Event::Incoming(Packet::Publish(p)) => intake.keep(spec, p),
+            Event::Outgoing(Outgoing::PubAck(pkid)) | Event::Outgoing(Outgoing::PubRec(pkid)) => {
+                intake.acked(*pkid);
+                false
+            }
+            Event::Incoming(Packet::PubAck(_))
+            | Event::Incoming(Packet::PubRec(_))
+            | Event::Incoming(Packet::PubComp(_))
+            | Event::Outgoing(Outgoing::Publish(_)) => true,
+            _ => false,
+        };
+        if wanted && events.send(ConnEvent::Packet { epoch, event }).is_err() {
             return None;
         }
+        if let Some(why) = intake.reconnect_due() {
+            return Some(why);
+        }
+    }
+}
+
+/// What a subscribing connection keeps of what the broker sends.
+///
+/// A broker may have at most `receive_maximum` QoS 1/2 messages
+/// unacknowledged towards ferry. Messages beyond it are still kept and
+/// handed to ingest (counted in `ferry_receive_maximum_exceeded_total`):
+/// reading on keeps acks and pings flowing. While more than
+/// [`EXCESS_MAX_BYTES`] are kept unacknowledged, what arrives is *deferred*:
+/// not handed over, not acknowledged, so the broker keeps it (counted in
+/// `ferry_publishes_deferred_total`). Once every kept message is
+/// acknowledged, the connection is made again and the broker resends the
+/// deferred ones, in order: nothing is stored out of order or twice.
+/// (QoS 0 messages deferred that way are lost, as QoS 0 allows.)
+struct Intake {
+    receive_maximum: usize,
+    /// Kept QoS 1/2 messages not yet acknowledged: packet id and size.
+    kept: VecDeque<(u16, usize)>,
+    kept_bytes: usize,
+    exceeded: u64,
+    deferring: bool,
+}
+
+impl Intake {
+    fn new(spec: &ConnectionSpec) -> Intake {
+        Intake {
+            receive_maximum: spec.inflight as usize,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            exceeded: 0,
+            deferring: false,
+        }
+    }
+
+    /// Whether to hand `p` to the owner.
+    fn keep(&mut self, spec: &ConnectionSpec, p: &Publish) -> bool {
+        let labels = spec.labels();
+        let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
+        if !self.deferring && self.kept.len() >= self.receive_maximum && self.kept_bytes >= EXCESS_MAX_BYTES {
+            self.deferring = true;
+            tracing::warn!(link, side, role, kept = self.kept.len(), kept_bytes = self.kept_bytes, receive_maximum = self.receive_maximum, "broker far beyond the Receive Maximum: leaving what it sends unacknowledged until the kept messages are stored, then reconnecting");
+        }
+        if self.deferring {
+            counter!(m::PUBLISHES_DEFERRED, &labels).increment(1);
+            return false;
+        }
+        if p.qos != QoS::AtMostOnce {
+            if self.kept.len() >= self.receive_maximum {
+                if self.exceeded == 0 {
+                    tracing::warn!(link, side, role, receive_maximum = self.receive_maximum, "broker sends more than the Receive Maximum ferry announced; reading on, the excess stays unacknowledged until stored");
+                }
+                self.exceeded += 1;
+                counter!(m::RECEIVE_MAXIMUM_EXCEEDED, &labels).increment(1);
+            }
+            let size = p.payload.len() + p.topic.len();
+            self.kept.push_back((p.pkid, size));
+            self.kept_bytes += size;
+        }
+        true
+    }
+
+    /// The owner's acknowledgement of `pkid` was written.
+    fn acked(&mut self, pkid: u16) {
+        // Ingest acknowledges in order of arrival: normally the front.
+        let at = match self.kept.front() {
+            Some((front, _)) if *front == pkid => Some(0),
+            _ => self.kept.iter().position(|(id, _)| *id == pkid),
+        };
+        if let Some((_, size)) = at.and_then(|i| self.kept.remove(i)) {
+            self.kept_bytes -= size;
+        }
+    }
+
+    /// Deferring, and every kept message acknowledged: time to reconnect.
+    fn reconnect_due(&self) -> Option<String> {
+        (self.deferring && self.kept.is_empty()).then(|| {
+            format!(
+                "broker exceeded the Receive Maximum of {} by {} messages; reconnecting so that it resends what was left unacknowledged",
+                self.receive_maximum, self.exceeded
+            )
+        })
     }
 }
 

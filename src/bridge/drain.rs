@@ -8,6 +8,22 @@
 //! whatever was in flight when the connection dropped is sent again: in
 //! order, at least once.
 //!
+//! What the destination can never take does not block the queue:
+//! - a message larger than its Maximum Packet Size (CONNACK) is dropped as
+//!   `too_large` before it is sent;
+//! - a PUBACK/PUBREC with a permanent error (not authorized, topic name
+//!   invalid, payload format invalid) drops the message as `rejected`;
+//! - a transient error (unspecified, implementation specific, quota
+//!   exceeded, packet identifier in use) is retried: sending pauses for a
+//!   backoff, then replays from the oldest entry still queued, one message
+//!   at a time until the destination accepts one, then with the full window
+//!   again. Nothing is dropped; the order holds unless the destination
+//!   accepted a later message of the same window while refusing an earlier
+//!   one (what it accepted cannot be taken back);
+//! - no acknowledgement for `ack_timeout` while connected: the link is
+//!   *stalled* (status, `ferry_link_stalled`), the connection is reset and
+//!   the window replays after the reconnect.
+//!
 //! rumqttc does not say which publish an ack belongs to, only the packet id.
 //! It does emit `Outgoing::Publish(pkid)` for each publish in the order the
 //! requests were made, so a FIFO of sent sequence numbers, popped on that
@@ -19,21 +35,23 @@
 //! reconnects are handled while it waits.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{counter, histogram};
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, PublishProperties};
+use metrics::{counter, gauge, histogram};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
 use rumqttc::Outgoing;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metrics as m;
 use crate::names::Direction;
 use crate::store::{DropReason, Entry, Queue, Record, Store};
 
-use super::connection::ConnEvent;
+use super::connection::ConnStatus;
+use super::connection::{ConnEvent, EventReceiver};
 
 pub struct Drain {
     pub link: String,
@@ -42,12 +60,20 @@ pub struct Drain {
     pub queue: Queue,
     pub window: usize,
     pub ttl: Option<Duration>,
-    pub events: mpsc::Receiver<ConnEvent>,
+    /// No acknowledgement for this long while connected: stalled, reset.
+    pub ack_timeout: Duration,
+    /// The drain connection's status (where `stalled` shows).
+    pub status: Arc<ConnStatus>,
+    pub events: EventReceiver,
     pub shutdown: CancellationToken,
     pub connection_stop: CancellationToken,
     pub pace: super::pace::Bucket,
 }
 
+/// The pause before a transiently refused message is sent again: doubling
+/// from the first to the second, reset when a message is accepted.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(200);
 /// A backlog at least this long gets progress lines while it drains.
 const PROGRESS_MIN_BACKLOG: u64 = 10_000;
 /// How often a draining backlog logs its progress.
@@ -102,11 +128,62 @@ struct Sent {
     seq: u64,
     qos: QoS,
     received_at_ms: u64,
+    /// When it was handed to the connection (for the ack timeout).
+    at: tokio::time::Instant,
+}
+
+/// What an acknowledgement's reason code means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Delivered,
+    /// The destination will never take it: drop as `rejected`.
+    Refused,
+    /// Not now: send it again after a backoff.
+    Retry,
+}
+
+fn puback_verdict(reason: PubAckReason) -> Verdict {
+    match reason {
+        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Verdict::Delivered,
+        PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid | PubAckReason::PayloadFormatInvalid => {
+            Verdict::Refused
+        }
+        PubAckReason::UnspecifiedError
+        | PubAckReason::ImplementationSpecificError
+        | PubAckReason::QuotaExceeded
+        | PubAckReason::PacketIdentifierInUse => Verdict::Retry,
+    }
+}
+
+fn pubrec_verdict(reason: PubRecReason) -> Verdict {
+    match reason {
+        PubRecReason::Success | PubRecReason::NoMatchingSubscribers => Verdict::Delivered,
+        PubRecReason::NotAuthorized | PubRecReason::TopicNameInvalid | PubRecReason::PayloadFormatInvalid => {
+            Verdict::Refused
+        }
+        PubRecReason::UnspecifiedError
+        | PubRecReason::ImplementationSpecificError
+        | PubRecReason::QuotaExceeded
+        | PubRecReason::PacketIdentifierInUse => Verdict::Retry,
+    }
 }
 
 #[derive(Default)]
 struct Window {
     client: Option<(u64, AsyncClient)>,
+    /// The destination's Maximum Packet Size, from its CONNACK.
+    max_packet_size: Option<u32>,
+    /// Resets the current connection (taken when used: once per connection).
+    reset: Option<CancellationToken>,
+    /// After a transient refusal: when to replay from the oldest entry.
+    retry_at: Option<tokio::time::Instant>,
+    retry_backoff: Option<Backoff>,
+    /// After a transient refusal: one message in flight until one is accepted.
+    probing: bool,
+    /// No acknowledgement within the ack timeout; cleared by the next one.
+    stalled: bool,
+    /// When the current connection last acknowledged anything.
+    last_ack: Option<tokio::time::Instant>,
     /// Next sequence number to read.
     cursor: u64,
     /// Requested but not yet written (no packet id known yet), in order.
@@ -119,6 +196,7 @@ struct Window {
     delivered_count: u64,
     delivered: Vec<Sent>,
     rejected: Vec<u64>,
+    too_large: Vec<u64>,
     /// The flush making earlier removals durable, running in the background.
     flushing: Option<tokio::task::JoinHandle<Result<(), crate::store::StoreError>>>,
 }
@@ -131,6 +209,10 @@ impl Window {
         self.unmatched.clear();
         self.inflight.clear();
     }
+    /// When the oldest publish still waiting for its acknowledgement was sent.
+    fn oldest_outstanding(&self) -> Option<tokio::time::Instant> {
+        self.inflight.values().chain(self.unmatched.iter()).map(|s| s.at).min()
+    }
 }
 
 impl Drain {
@@ -141,10 +223,21 @@ impl Drain {
         let mut progress_tick = tokio::time::interval(PROGRESS_EVERY);
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = Progress::default();
+        let mut ack_tick = tokio::time::interval(Duration::from_millis(500));
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One message at a time is retried (see `probing`): a short backoff costs
+        // the destination at most 5 messages a second.
+        w.retry_backoff = Some(Backoff::new(RETRY_MIN, RETRY_MAX));
         loop {
             self.settle(&mut w).await;
+            // After a transient refusal, replay once everything sent has an answer.
+            if w.retry_at.is_some_and(|at| at <= tokio::time::Instant::now()) && w.outstanding() == 0 {
+                w.retry_at = None;
+                w.cursor = 0;
+            }
             self.fill(&mut w).await;
-            let room = w.client.is_some() && w.outstanding() < self.window;
+            let room = w.client.is_some() && w.outstanding() < self.window_now(&w) && w.retry_at.is_none();
+            let retry_due = w.retry_at.filter(|_| w.outstanding() == 0);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -154,6 +247,8 @@ impl Drain {
                 },
                 _ = self.queue.appended().notified(), if room => {}
                 _ = self.pace.ready(), if room && self.pace.is_blocked() => {}
+                _ = sleep_until_some(retry_due), if retry_due.is_some() => {}
+                _ = ack_tick.tick() => self.check_acks(&mut w),
                 _ = expiry_tick.tick(), if self.ttl.is_some() => self.expire(),
                 _ = progress_tick.tick() => progress.observe(&self.link, self.direction, &self.queue, w.client.is_some()),
             }
@@ -163,20 +258,88 @@ impl Drain {
             }
         }
         self.settle(&mut w).await;
+        self.set_stalled(&mut w, false);
         self.connection_stop.cancel();
+    }
+
+    /// A destination that acknowledged nothing for `ack_timeout` while
+    /// connected is stalled: reset the connection (the window replays after
+    /// the reconnect).
+    fn check_acks(&mut self, w: &mut Window) {
+        let Some(oldest) = w.oldest_outstanding() else { return };
+        // Waiting since the oldest was sent, or since the last ack if later:
+        // a destination that acknowledges slowly but steadily is not stalled.
+        let waited = w.last_ack.map_or(oldest, |at| at.max(oldest)).elapsed();
+        if w.client.is_none() || waited < self.ack_timeout {
+            return;
+        }
+        let Some(reset) = w.reset.take() else { return };
+        counter!(m::ACK_TIMEOUTS, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+        tracing::warn!(link = %self.link, direction = %self.direction, unacknowledged = w.outstanding(), waited_s = waited.as_secs(), ack_timeout_s = self.ack_timeout.as_secs(), "destination stalled: no acknowledgement in time; resetting the connection, the unacknowledged messages are sent again");
+        self.set_stalled(w, true);
+        reset.cancel();
+    }
+
+    fn set_stalled(&self, w: &mut Window, stalled: bool) {
+        if w.stalled == stalled {
+            return;
+        }
+        w.stalled = stalled;
+        self.status.set_stalled(stalled);
+        gauge!(m::LINK_STALLED, "link" => self.link.clone(), "direction" => self.direction.as_str()).set(if stalled {
+            1.0
+        } else {
+            0.0
+        });
+        if !stalled {
+            tracing::info!(link = %self.link, direction = %self.direction, "destination acknowledges again: no longer stalled");
+        }
+    }
+
+    /// The destination refused `seq` for now: pause, then replay.
+    fn retry_later(&self, w: &mut Window, seq: u64, reason: &dyn std::fmt::Debug) {
+        counter!(m::PUBLISH_RETRIES, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+        if w.retry_at.is_some() {
+            return;
+        }
+        let delay = w
+            .retry_backoff
+            .as_mut()
+            .map_or(Duration::from_secs(1), Backoff::next_delay);
+        tracing::warn!(link = %self.link, direction = %self.direction, seq, ?reason, retry_in_ms = delay.as_millis() as u64, "destination refused a message for now; sending again from the oldest unacknowledged one after a pause");
+        w.retry_at = Some(tokio::time::Instant::now() + delay);
+        w.probing = true;
+    }
+
+    /// How many publishes may be outstanding now.
+    fn window_now(&self, w: &Window) -> usize {
+        if w.probing {
+            1
+        } else {
+            self.window
+        }
     }
 
     fn on_event(&mut self, w: &mut Window, ev: ConnEvent) {
         match ev {
-            ConnEvent::Up { epoch, client } => {
+            ConnEvent::Up {
+                epoch,
+                client,
+                max_packet_size,
+                reset,
+            } => {
                 w.reset();
                 // Replay from the oldest entry still queued.
                 w.cursor = 0;
                 w.client = Some((epoch, client));
+                w.max_packet_size = max_packet_size;
+                w.reset = Some(reset);
+                w.last_ack = None;
             }
             ConnEvent::Down { epoch } => {
                 if matches!(w.client, Some((e, _)) if e == epoch) {
                     w.client = None;
+                    w.reset = None;
                     w.reset();
                 }
             }
@@ -190,6 +353,14 @@ impl Drain {
     }
 
     fn on_packet(&mut self, w: &mut Window, event: Event) {
+        if matches!(
+            event,
+            Event::Incoming(Packet::PubAck(_))
+                | Event::Incoming(Packet::PubRec(_))
+                | Event::Incoming(Packet::PubComp(_))
+        ) {
+            w.last_ack = Some(tokio::time::Instant::now());
+        }
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let Some(sent) = w.unmatched.pop_front() else { return };
@@ -203,39 +374,65 @@ impl Drain {
                 let Some(sent) = w.inflight.remove(&ack.pkid) else {
                     return;
                 };
-                match ack.reason {
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => w.delivered.push(sent),
-                    reason => {
-                        tracing::warn!(link = %self.link, direction = %self.direction, seq = sent.seq, ?reason, "destination refused a message; dropped (reason=rejected)");
-                        w.rejected.push(sent.seq);
+                self.set_stalled(w, false);
+                match puback_verdict(ack.reason) {
+                    Verdict::Delivered => {
+                        w.delivered.push(sent);
+                        w.probing = false;
+                        if w.retry_at.is_none() {
+                            if let Some(b) = w.retry_backoff.as_mut() {
+                                b.reset();
+                            }
+                        }
                     }
+                    Verdict::Refused => self.refused(w, sent, &ack.reason),
+                    Verdict::Retry => self.retry_later(w, sent.seq, &ack.reason),
                 }
             }
-            Event::Incoming(Packet::PubRec(rec)) => match rec.reason {
-                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => {}
-                reason => {
-                    if let Some(sent) = w.inflight.remove(&rec.pkid) {
-                        tracing::warn!(link = %self.link, direction = %self.direction, seq = sent.seq, ?reason, "destination refused a message; dropped (reason=rejected)");
-                        w.rejected.push(sent.seq);
-                    }
+            Event::Incoming(Packet::PubRec(rec)) => {
+                let verdict = pubrec_verdict(rec.reason);
+                if verdict == Verdict::Delivered {
+                    return; // PUBCOMP follows
                 }
-            },
+                let Some(sent) = w.inflight.remove(&rec.pkid) else {
+                    return;
+                };
+                self.set_stalled(w, false);
+                if verdict == Verdict::Refused {
+                    self.refused(w, sent, &rec.reason);
+                } else {
+                    self.retry_later(w, sent.seq, &rec.reason);
+                }
+                // rumqttc 0.25 keeps a refused QoS 2 publish's slot in its
+                // in-flight window: a new connection gets the window back.
+                if let Some(reset) = w.reset.take() {
+                    reset.cancel();
+                }
+            }
             Event::Incoming(Packet::PubComp(comp)) => {
                 if let Some(sent) = w.inflight.remove(&comp.pkid) {
+                    self.set_stalled(w, false);
                     w.delivered.push(sent);
+                    w.probing = false;
                 }
             }
             _ => {}
         }
     }
 
+    fn refused(&self, w: &mut Window, sent: Sent, reason: &dyn std::fmt::Debug) {
+        tracing::warn!(link = %self.link, direction = %self.direction, seq = sent.seq, ?reason, "destination refused a message for good; dropped (reason=rejected)");
+        w.rejected.push(sent.seq);
+    }
+
     /// Removes acknowledged and refused entries from the queue.
     async fn settle(&mut self, w: &mut Window) {
-        if w.delivered.is_empty() && w.rejected.is_empty() {
+        if w.delivered.is_empty() && w.rejected.is_empty() && w.too_large.is_empty() {
             return;
         }
         let delivered = std::mem::take(&mut w.delivered);
         let rejected = std::mem::take(&mut w.rejected);
+        let too_large = std::mem::take(&mut w.too_large);
         w.delivered_count += delivered.len() as u64;
         crate::fault::after_delivery(&self.link, w.delivered_count);
         let now = m::now_ms();
@@ -252,7 +449,8 @@ impl Drain {
         let queue = self.queue.clone();
         let result = tokio::task::spawn_blocking(move || {
             queue.ack(&seqs)?;
-            queue.drop_entries(&rejected, DropReason::Rejected)
+            queue.drop_entries(&rejected, DropReason::Rejected)?;
+            queue.drop_entries(&too_large, DropReason::TooLarge)
         })
         .await;
         match result {
@@ -295,9 +493,9 @@ impl Drain {
 
     /// Publishes queued entries until the window is full or the queue is.
     async fn fill(&mut self, w: &mut Window) {
-        while w.outstanding() < self.window {
+        while w.outstanding() < self.window_now(w) && w.retry_at.is_none() {
             let Some((_, client)) = w.client.clone() else { return };
-            let want = (self.window - w.outstanding()).min(self.pace.allowance());
+            let want = (self.window_now(w) - w.outstanding()).min(self.pace.allowance());
             let queue = self.queue.clone();
             let cursor = w.cursor;
             let entries = match tokio::task::spawn_blocking(move || queue.read(cursor, want)).await {
@@ -333,15 +531,25 @@ impl Drain {
                     counter!(m::REDELIVERED, "link" => self.link.clone(), "direction" => self.direction.as_str())
                         .increment(1);
                 }
-                w.highest_sent = Some(w.highest_sent.map_or(seq, |h| h.max(seq)));
                 let qos = qos_of(record.qos);
+                let payload = bytes::Bytes::from(record.payload);
+                if let Some(max) = w.max_packet_size {
+                    let size = Publish::new(record.topic.as_str(), qos, payload.clone(), Some(props.clone())).size();
+                    if size > max as usize {
+                        tracing::warn!(link = %self.link, direction = %self.direction, seq, size, max_packet_size = max, "message larger than the destination's Maximum Packet Size; dropped (reason=too_large)");
+                        w.too_large.push(seq);
+                        continue;
+                    }
+                }
+                w.highest_sent = Some(w.highest_sent.map_or(seq, |h| h.max(seq)));
                 w.unmatched.push_back(Sent {
                     seq,
                     qos,
                     received_at_ms: record.received_at_ms,
+                    at: tokio::time::Instant::now(),
                 });
                 if let Err(e) = client
-                    .publish_with_properties(record.topic, qos, record.retain, record.payload, props)
+                    .publish_with_properties(record.topic, qos, record.retain, payload, props)
                     .await
                 {
                     // The connection is going away; its Down event resets the window.
@@ -395,6 +603,13 @@ impl Drain {
         if let Err(e) = self.queue.expire(m::now_ms()) {
             tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot drop expired entries");
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,9 +10,16 @@
 //! Messages that cannot be stored yet stay *held*, unacknowledged, in order:
 //! the queue is full under the `block` policy, or the store failed (a full
 //! disk). The broker keeps everything after them; ingest retries until they
-//! fit. While held messages reach `held_max`, ingest stops reading, which
-//! stops the connection task reading the socket: backpressure all the way to
-//! the source broker.
+//! fit. While held messages reach `held_max`, ingest takes no more events;
+//! the broker may send at most its Receive Maximum (`inflight`)
+//! unacknowledged, and what a broker sends beyond it is bounded by the
+//! connection task (see `connection::Intake`).
+//!
+//! Ingest never waits on the connection task: acknowledgements are queued
+//! with `try_ack`, and any that do not fit in rumqttc's request channel wait
+//! here, in order, and are queued again shortly. (Waiting in `ack().await`
+//! while the connection task waited to hand over the next event was the
+//! wedge of issue 8.)
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,7 +28,6 @@ use metrics::{counter, gauge, histogram};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Route;
@@ -29,7 +35,7 @@ use crate::metrics as m;
 use crate::names::Direction;
 use crate::store::{Properties, Queue, Record, Store};
 
-use super::connection::ConnEvent;
+use super::connection::{ConnEvent, EventReceiver};
 
 /// A received message on its way to disk.
 struct Pending {
@@ -47,7 +53,7 @@ pub struct Ingest {
     pub routes: Vec<Route>,
     pub store: Store,
     pub queue: Queue,
-    pub events: mpsc::Receiver<ConnEvent>,
+    pub events: EventReceiver,
     /// Cancelled by the link: finish the current batch, then stop.
     pub shutdown: CancellationToken,
     /// Cancelled by ingest when its last acks are queued: the connection closes.
@@ -58,6 +64,9 @@ pub struct Ingest {
 struct State {
     client: Option<(u64, AsyncClient)>,
     held: VecDeque<Pending>,
+    /// Acknowledgements of stored messages that rumqttc's request channel
+    /// had no room for yet, in order, with their connection's epoch.
+    unsent_acks: VecDeque<(u64, Publish)>,
     /// Appended but the flush failed: must be flushed before any ack.
     unflushed: bool,
     blocked_since: Option<Instant>,
@@ -68,6 +77,7 @@ impl Ingest {
         let mut st = State {
             client: None,
             held: VecDeque::new(),
+            unsent_acks: VecDeque::new(),
             unflushed: false,
             blocked_since: None,
         };
@@ -80,6 +90,7 @@ impl Ingest {
             // Wait for work: a new event, or (when stuck) space or a retry tick.
             let stuck = !st.held.is_empty();
             let can_read = st.held.len() < self.held_max;
+            let acks_waiting = !st.unsent_acks.is_empty();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -89,6 +100,7 @@ impl Ingest {
                 },
                 _ = self.queue.space_freed().notified(), if stuck => {}
                 _ = tokio::time::sleep(retry.next_delay()), if stuck => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)), if acks_waiting => {}
             }
             // Take everything else that is already waiting: one batch.
             while st.held.len() < self.held_max {
@@ -121,6 +133,14 @@ impl Ingest {
             self.on_event(&mut st, ev).await;
         }
         self.commit(&mut st).await;
+        // Give acks that found rumqttc's request channel full a moment to fit.
+        for _ in 0..200 {
+            if st.unsent_acks.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            send_acks(&mut st);
+        }
         if !st.held.is_empty() {
             tracing::info!(link = %self.link, direction = %self.direction, held = st.held.len(), "stopping with unacknowledged messages; the source broker keeps them");
         }
@@ -129,24 +149,30 @@ impl Ingest {
 
     async fn on_event(&mut self, st: &mut State, ev: ConnEvent) {
         match ev {
-            ConnEvent::Up { epoch, client } => st.client = Some((epoch, client)),
+            ConnEvent::Up { epoch, client, .. } => {
+                st.client = Some((epoch, client));
+                // Acks of an earlier connection cannot be sent any more.
+                st.unsent_acks.retain(|(e, _)| *e == epoch);
+            }
             ConnEvent::Down { epoch } => {
                 if matches!(st.client, Some((e, _)) if e == epoch) {
                     st.client = None;
+                    st.unsent_acks.clear();
                 }
             }
             ConnEvent::Packet {
                 epoch,
                 event: Event::Incoming(Packet::Publish(p)),
             } => {
-                let records = self.route(&p);
+                let mut refused = 0;
+                let records = self.route(&p, &mut refused);
                 let ack = (p.qos != QoS::AtMostOnce).then(|| Publish {
                     payload: Default::default(),
                     topic: Default::default(),
                     properties: None,
                     ..p
                 });
-                if records.is_empty() {
+                if records.is_empty() && refused == 0 {
                     counter!(m::UNROUTED, "link" => self.link.clone(), "direction" => self.direction.as_str())
                         .increment(1);
                 }
@@ -164,7 +190,8 @@ impl Ingest {
     /// The records a received message becomes: one per route it is for.
     /// With subscription identifiers (MQTT v5) the broker says which
     /// subscriptions matched; without them, every route whose filter matches.
-    fn route(&self, p: &Publish) -> Vec<Record> {
+    /// Routes whose mapped topic is invalid refuse the message (counted in `refused`).
+    fn route(&self, p: &Publish, refused: &mut usize) -> Vec<Record> {
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
             tracing::warn!(link = %self.link, direction = %self.direction, "ignoring a message whose topic is not UTF-8");
             return Vec::new();
@@ -188,6 +215,15 @@ impl Ingest {
             })
             .filter_map(|(_, r)| {
                 let dest = r.map_to_dest(topic)?;
+                if let Err(reason) = crate::topic::validate_topic(&dest) {
+                    // The destination would refuse it (or drop the connection):
+                    // never let it into the queue.
+                    counter!(m::REFUSED, "link" => self.link.clone(), "direction" => self.direction.as_str(), "reason" => "invalid_topic").increment(1);
+                    let shown: String = dest.chars().take(200).collect();
+                    tracing::warn!(link = %self.link, direction = %self.direction, topic = %shown, %reason, "mapped topic is not a valid topic name; message refused (reason=invalid_topic)");
+                    *refused += 1;
+                    return None;
+                }
                 Some(Record {
                     topic: dest,
                     payload: p.payload.to_vec(),
@@ -275,18 +311,37 @@ impl Ingest {
         while st.held.front().is_some_and(|p| p.stored) {
             let Some(p) = st.held.pop_front() else { break };
             acked += 1;
-            let (Some(ack), Some((epoch, client))) = (&p.ack, &st.client) else {
+            let (Some(ack), Some((epoch, _))) = (p.ack, &st.client) else {
                 continue;
             };
             if *epoch != p.epoch {
                 continue; // a previous connection's message: the broker resends it
             }
-            if let Err(e) = client.ack(ack).await {
-                tracing::debug!(link = %self.link, error = %e, "ack not sent: connection closing");
-            }
+            st.unsent_acks.push_back((p.epoch, ack));
         }
+        send_acks(st);
         tracing::debug!(link = %self.link, direction = %self.direction, acked, client = st.client.is_some(), "acknowledged");
         appended > 0 || acked > 0
+    }
+}
+
+/// Queues the waiting acknowledgements on the connection, in order, without
+/// waiting: what does not fit stays for the next round.
+fn send_acks(st: &mut State) {
+    let Some((epoch, client)) = &st.client else {
+        st.unsent_acks.clear();
+        return;
+    };
+    while let Some((e, ack)) = st.unsent_acks.front() {
+        if e != epoch {
+            st.unsent_acks.pop_front();
+            continue;
+        }
+        // Full (or closing: then its Down event clears what is left).
+        if client.try_ack(ack).is_err() {
+            break;
+        }
+        st.unsent_acks.pop_front();
     }
 }
 

@@ -20,7 +20,6 @@ pub mod pace;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +95,7 @@ pub fn spawn_half(
         };
         dest_ep.client_id = names::drain_client_id(&dest_ep.client_id);
         let capacity = connection::channel_capacity(link.inflight);
-        let (events_tx, events_rx) = mpsc::channel(capacity);
+        let (events_tx, events_rx) = connection::event_channel();
         let connection_stop = CancellationToken::new();
         match half {
             Half::Ingest => {
@@ -137,7 +136,12 @@ pub fn spawn_half(
                 let spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
                 let status = ConnStatus::new(direction, dest_side, Role::Drain);
                 connections.push(status.clone());
-                tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
+                tasks.spawn(connection_task(
+                    spec,
+                    events_tx,
+                    connection_stop.clone(),
+                    status.clone(),
+                ));
                 let drain = drain::Drain {
                     link: link.name.clone(),
                     direction,
@@ -145,6 +149,8 @@ pub fn spawn_half(
                     queue: queue.clone(),
                     window: link.inflight as usize,
                     ttl: link.message_ttl,
+                    ack_timeout: link.ack_timeout,
+                    status,
                     events: events_rx,
                     shutdown: stop.clone(),
                     connection_stop,
@@ -185,7 +191,7 @@ pub fn connection_spec(
 
 async fn connection_task(
     spec: ConnectionSpec,
-    events: mpsc::Sender<connection::ConnEvent>,
+    events: connection::EventSender,
     stop: CancellationToken,
     status: Arc<ConnStatus>,
 ) -> &'static str {

@@ -55,6 +55,7 @@ const DEFAULT_STATE_TOPIC: &str = "ferry/{link}/state";
 const DEFAULT_HUB_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 1883;
 const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+pub(crate) const DEFAULT_ACK_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_RECONNECT_MIN_MS: u64 = 200;
 const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
 const DEFAULT_INFLIGHT: u16 = 100;
@@ -128,6 +129,8 @@ pub struct LinkConfig {
     /// None: keep messages until delivered.
     pub(crate) message_ttl: Option<Duration>,
     pub(crate) max_message_bytes: u32,
+    /// A destination that acknowledges nothing for this long while connected is stalled.
+    pub(crate) ack_timeout: Duration,
     /// `drain_rate` and `drain_bytes_rate` (None: off).
     pub(crate) pace: Rates,
     pub(crate) routes: Vec<Route>,

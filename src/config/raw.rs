@@ -56,6 +56,7 @@ pub(super) struct RawTuning {
     pub(super) max_message_bytes: Option<Spanned<RawSize>>,
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
+    pub(super) ack_timeout_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +84,7 @@ pub(super) struct RawLink {
     pub(super) max_message_bytes: Option<Spanned<RawSize>>,
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
+    pub(super) ack_timeout_secs: Option<Spanned<i64>>,
 }
 
 impl RawLink {
@@ -99,6 +101,7 @@ impl RawLink {
             max_message_bytes: self.max_message_bytes.clone(),
             drain_rate: self.drain_rate.clone(),
             drain_bytes_rate: self.drain_bytes_rate.clone(),
+            ack_timeout_secs: self.ack_timeout_secs.clone(),
         }
     }
 }

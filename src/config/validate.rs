@@ -18,10 +18,10 @@ use super::values::{
     parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
 };
 use super::{
-    AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ADMIN_LISTEN, DEFAULT_HUB_HOST,
-    DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_PORT,
-    DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS, MAX_LINK_NAME_CHARS,
-    MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
+    AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ACK_TIMEOUT_SECS, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_LISTEN,
+    DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS,
+    MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
@@ -57,6 +57,7 @@ struct TuningLayer {
     max_message_bytes: Option<u32>,
     drain_rate: Option<Option<u64>>,
     drain_bytes_rate: Option<Option<u64>>,
+    ack_timeout: Option<Duration>,
 }
 
 impl TuningLayer {
@@ -74,6 +75,7 @@ impl TuningLayer {
             max_message_bytes: self.max_message_bytes.or(under.max_message_bytes),
             drain_rate: self.drain_rate.or(under.drain_rate),
             drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
+            ack_timeout: self.ack_timeout.or(under.ack_timeout),
         }
     }
 }
@@ -92,6 +94,7 @@ fn builtin_tuning() -> TuningLayer {
         max_message_bytes: Some(DEFAULT_MAX_MESSAGE_BYTES),
         drain_rate: Some(None),
         drain_bytes_rate: Some(None),
+        ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
     }
 }
 
@@ -188,6 +191,12 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
                 ));
             }
             u32::try_from(bytes).map_err(|_| Problem::at(raw.span(), "max_message_bytes is too large"))
+        })
+        .flatten();
+    layer.ack_timeout = problems
+        .take_optional(&raw.ack_timeout_secs, |raw| {
+            let secs = integer_in("ack_timeout_secs", raw, 1..=86_400, " seconds")?;
+            Ok(Duration::from_secs(secs))
         })
         .flatten();
     layer.drain_rate = problems
@@ -388,6 +397,7 @@ fn validate_link(
         overflow: tuning.overflow?,
         message_ttl: tuning.message_ttl?,
         max_message_bytes: tuning.max_message_bytes?,
+        ack_timeout: tuning.ack_timeout?,
         pace: Rates {
             drain_rate: tuning.drain_rate?,
             drain_bytes_rate: tuning.drain_bytes_rate?,

@@ -16,7 +16,6 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubConfig, LinkConfig};
@@ -56,7 +55,7 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
         None,
     ));
 
-    let (events_tx, mut events) = mpsc::channel(64);
+    let (events_tx, mut events) = connection::event_channel();
     let connection_stop = CancellationToken::new();
     // Not one of the link's forwarding connections: not in its status.
     let connection_status = connection::ConnStatus::new(Direction::Out, Side::Hub, Role::State);

@@ -36,6 +36,10 @@ pub enum State {
     Connected,
     /// Some connection is down and being retried (see `next_attempt_ms`).
     Connecting,
+    /// A destination acknowledged nothing for `ack_timeout_secs` while
+    /// connected; its connection is reset and the unacknowledged messages
+    /// are sent again. Ends with the next acknowledgement.
+    Stalled,
     /// Paused by the operator (after a drain, or at once).
     Paused,
     /// Draining before a pause.
@@ -53,6 +57,7 @@ impl State {
         match self {
             State::Connected => "connected",
             State::Connecting => "connecting",
+            State::Stalled => "stalled",
             State::Paused => "paused",
             State::Draining => "draining",
             State::Restarting => "restarting",
@@ -219,6 +224,7 @@ impl LinkStatus {
         match st.mode {
             Mode::Paused => State::Paused,
             Mode::Draining => State::Draining,
+            Mode::Running if st.connections.iter().any(|c| c.is_stalled()) => State::Stalled,
             Mode::Running if !st.connections.is_empty() && st.connections.iter().all(|c| c.is_up()) => State::Connected,
             Mode::Running => State::Connecting,
         }

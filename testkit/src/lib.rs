@@ -52,6 +52,7 @@ mod disk;
 mod ferry;
 mod metrics;
 mod mqtt;
+pub mod peer;
 mod ports;
 mod process;
 mod procfs;
