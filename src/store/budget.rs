@@ -16,7 +16,7 @@
 //! The budget is *reached* when `size + reserve >= store_max_bytes`. While
 //! it is reached, a queue is *growing* when its depth in bytes is
 //! - at least the mean depth of all open queues, and
-//! - more than its share of the reserve (`reserve / number of queues`).
+//! - more than half the reserve.
 //!
 //! An append to a growing queue meets the queue's overflow policy, as if
 //! the queue's own bound were reached: `block` refuses (ingest holds the
@@ -30,8 +30,12 @@
 //! Why depth and not its rate: a queue that holds at least the mean is one
 //! of those that filled the store, and the largest queue is always at or
 //! above the mean, so whenever the budget is reached and any queue holds
-//! more than its share of the reserve, at least one queue is held. A link
-//! that forwards (depth near 0) is never held while another holds more.
+//! more than half the reserve, at least one queue is held. A link that
+//! forwards holds about its in-flight window (`inflight` messages) and
+//! never more than half the reserve (64 MiB by default: 200 messages of
+//! 160 KiB), so it is not held, whatever the others hold. The floor also
+//! keeps every queue running when the store is over its budget although
+//! no queue holds much (sled's files are larger than what they hold).
 //!
 //! # Invariants
 //! - The budget only changes what an append does; it never touches acks,
@@ -275,8 +279,7 @@ fn is_growing(limits: Limits, size: u64, depth: u64, queued: u64, queues: u64) -
     if size.saturating_add(limits.reserve_bytes) < limits.max_bytes {
         return false;
     }
-    let queues = queues.max(1);
-    depth > limits.reserve_bytes / queues && depth >= queued / queues
+    depth > limits.reserve_bytes / 2 && depth >= queued / queues.max(1)
 }
 
 fn sample_while_alive(budget: Weak<Budget>) {
@@ -353,12 +356,14 @@ mod tests {
     }
 
     #[test]
-    fn queues_within_their_share_of_the_reserve_are_not_growing_even_at_the_mean() {
+    fn queues_within_half_the_reserve_are_not_growing_even_at_the_mean() {
         // Over the budget (sled's files larger than what is queued), all
-        // queues small and equal: nobody holds more than reserve / queues.
-        let share = LIMITS.reserve_bytes / 4;
-        assert!(!is_growing(LIMITS, 100 << 20, share, 4 * share, 4));
-        assert!(is_growing(LIMITS, 100 << 20, share + 1, 4 * share + 1, 4));
+        // queues small and equal: nobody holds more than half the reserve.
+        let half = LIMITS.reserve_bytes / 2;
+        assert!(!is_growing(LIMITS, 100 << 20, half, 4 * half, 4));
+        assert!(is_growing(LIMITS, 100 << 20, half + 1, 4 * half + 1, 4));
+        // A forwarding link's window (here 2 MiB), the others empty.
+        assert!(!is_growing(LIMITS, 100 << 20, 2 << 20, 2 << 20, 6));
     }
 
     #[test]
