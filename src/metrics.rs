@@ -137,7 +137,7 @@ fn describe() {
     describe_gauge!(
         STORE_BYTES,
         Unit::Bytes,
-        "Size of the store's files, as the store budget counts it (sampled every second, plus appends since)."
+        "Size of the store's files, as the store budget counts it (sampled four times a second, plus appends since)."
     );
     describe_gauge!(
         STORE_BUDGET,

@@ -114,6 +114,10 @@ async fn a_dead_edge_fills_only_its_own_share_and_the_other_links_never_stop() {
         at_budget.get_or_zero("ferry_store_budget_bytes", &[]),
         at_budget.get_or_zero("ferry_queue_messages", &[("link", "edge2"), ("direction", "out")]),
     );
+    let log = ferry.log();
+    if let Some(line) = log.lines().find(|l| l.contains("store budget reached")) {
+        eprintln!("ferry: {line}");
+    }
     // The healthy links carry their traffic while the dead link is held,
     // as links that keep up do: a chunk at a time, each delivered before the
     // next (a link that forwards holds about its in-flight window).
