@@ -162,10 +162,11 @@ async fn a_dead_edge_fills_only_its_own_share_and_the_other_links_never_stop() {
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("the store's files peaked at {peak} bytes (budget {MAX_BYTES})");
-    // sled's files, sampled, may pass the budget by what the healthy links
-    // wrote within a sample; a quarter is far more than that.
+    // The size is sampled four times a second, and sled's files grow by
+    // 2 to 3 times what is appended: allow an eighth over (2 MiB; the runs
+    // so far peaked at 15.2 MB, under the budget).
     assert!(
-        peak <= MAX_BYTES / 4 * 5,
+        peak <= MAX_BYTES / 8 * 9,
         "the store's files reached {peak} bytes, budget {MAX_BYTES}"
     );
 
