@@ -13,7 +13,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::names::Direction;
-use crate::store::{DropReason, Queue};
+use crate::store::{BudgetView, DropReason, Queue};
 
 pub const RECEIVED: &str = "ferry_messages_received_total";
 pub const FORWARDED: &str = "ferry_messages_forwarded_total";
@@ -42,6 +42,9 @@ pub const STORE_ERRORS: &str = "ferry_store_errors_total";
 pub const FORWARD_LATENCY: &str = "ferry_forward_latency_seconds";
 pub const COMMIT_SECONDS: &str = "ferry_store_commit_seconds";
 pub const COMMIT_BATCH: &str = "ferry_store_commit_batch_messages";
+pub const STORE_BYTES: &str = "ferry_store_bytes";
+pub const STORE_BUDGET: &str = "ferry_store_budget_bytes";
+pub const STORE_BUDGET_HELD: &str = "ferry_store_budget_held_queues";
 
 /// Installs the global recorder and serves `/metrics` on `listen`.
 /// Fails (instead of running blind) when the address cannot be bound.
@@ -176,6 +179,20 @@ fn describe() {
         "Time to append and flush one ingest batch."
     );
     describe_histogram!(COMMIT_BATCH, "Messages per group commit.");
+    describe_gauge!(
+        STORE_BYTES,
+        Unit::Bytes,
+        "Size of the store's files, as the store budget counts it (sampled four times a second, plus appends since)."
+    );
+    describe_gauge!(
+        STORE_BUDGET,
+        Unit::Bytes,
+        "store_max_bytes in force (auto resolved at start); 0 when the budget is off."
+    );
+    describe_gauge!(
+        STORE_BUDGET_HELD,
+        "Queues the store budget holds now: the store reached its budget and they grew (their overflow policy applies)."
+    );
 }
 
 /// Exports a queue's persisted counters and depth, labelled by link and direction.
@@ -199,6 +216,13 @@ pub fn report_queue(link: &str, direction: Direction, queue: &Queue, now_ms: u64
         .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0)
         .unwrap_or(0.0);
     gauge!(QUEUE_OLDEST_AGE, &labels).set(age);
+}
+
+/// Exports the store budget, the store's size and the queues it holds.
+pub fn report_store(budget: &BudgetView) {
+    gauge!(STORE_BYTES).set(budget.size_bytes as f64);
+    gauge!(STORE_BUDGET).set(budget.limits.map_or(0, |l| l.max_bytes) as f64);
+    gauge!(STORE_BUDGET_HELD).set(budget.held_queues as f64);
 }
 
 /// A link removed by a reload: its gauges go to 0 so alerts on them stop

@@ -150,7 +150,14 @@ pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
         let depth = |direction| match queue(direction) {
             None => "-".to_string(),
             Some(q) if q.messages == 0 => "0".to_string(),
-            Some(q) => format!("{} ({})", q.messages, format_bytes(q.bytes)),
+            Some(q) => {
+                let held = if q.held_by_store_budget {
+                    ", held: store budget"
+                } else {
+                    ""
+                };
+                format!("{} ({}{held})", q.messages, format_bytes(q.bytes))
+            }
         };
         let oldest = |direction| queue(direction).map_or("-".to_string(), |q| format_age(q.oldest_age_secs));
         let mut state = link.state.as_str().to_string();

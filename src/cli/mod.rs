@@ -4,7 +4,7 @@
 
 mod admin_client;
 mod queue_tools;
-mod render;
+pub(crate) mod render;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
 use crate::secret::Secret;
-use crate::store::Overflow;
+use crate::store::{MaxBytes, Overflow};
 use crate::topic::TopicMap;
 
 pub use error::ConfigError;
@@ -73,6 +73,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// sled's page cache (`store_cache`), bytes.
     pub(crate) store_cache_bytes: u64,
+    /// The store-wide budget (`store_max_bytes`): auto, off or bytes.
+    pub(crate) store_max_bytes: MaxBytes,
+    /// `store_reserve_bytes`; None: the default (64 MiB, at most a quarter
+    /// of the budget).
+    pub(crate) store_reserve_bytes: Option<u64>,
     pub(crate) metrics: MetricsConfig,
     pub(crate) admin: AdminConfig,
     pub(crate) hub: HubConfig,
@@ -241,6 +246,12 @@ impl HubConfig {
 }
 
 impl Config {
+    /// The store budget for this config now (`auto` measured on the
+    /// filesystem of data_dir); None when off or not measurable.
+    pub(crate) fn store_budget(&self) -> Option<crate::store::BudgetLimits> {
+        crate::store::BudgetLimits::resolve(self.store_max_bytes, self.store_reserve_bytes, &self.data_dir)
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {

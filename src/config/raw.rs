@@ -12,6 +12,8 @@ use toml::Spanned;
 pub(super) struct RawConfig {
     pub(super) data_dir: Option<Spanned<String>>,
     pub(super) store_cache: Option<Spanned<RawSize>>,
+    pub(super) store_max_bytes: Option<Spanned<RawSize>>,
+    pub(super) store_reserve_bytes: Option<Spanned<RawSize>>,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
     #[serde(default)]

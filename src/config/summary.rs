@@ -3,7 +3,9 @@
 
 use super::values::format_size;
 use super::Config;
+use crate::cli::render::format_bytes;
 use crate::secret::Secret;
+use crate::store::{MaxBytes, DEFAULT_RESERVE_BYTES};
 
 impl Config {
     /// What `ferry check` prints: everything ferry understood from the file.
@@ -15,6 +17,7 @@ impl Config {
         };
         line(format!("config    {}", self.source.display()));
         line(format!("data_dir  {}", self.data_dir.display()));
+        line(format!("store     {}", self.describe_budget()));
         line(match self.metrics.listen {
             Some(address) => format!("metrics   http://{address}/metrics"),
             None => "metrics   off".to_owned(),
@@ -92,6 +95,29 @@ impl Config {
             }
         }
         out
+    }
+}
+
+impl Config {
+    /// `budget 8MiB, reserve 2MiB`, or `budget auto: ...` with what auto
+    /// gives on data_dir's filesystem now.
+    fn describe_budget(&self) -> String {
+        let reserve = |max: u64| match self.store_reserve_bytes {
+            Some(reserve) => format_size(reserve),
+            None => format!("{} (default)", format_bytes(DEFAULT_RESERVE_BYTES.min(max / 4))),
+        };
+        match self.store_max_bytes {
+            MaxBytes::Off => "budget off (only a full disk stops the store growing)".to_owned(),
+            MaxBytes::Bytes(max) => format!("budget {}, reserve {}", format_size(max), reserve(max)),
+            MaxBytes::Auto => match crate::store::auto_max_bytes(&self.data_dir) {
+                Some(max) => format!(
+                    "budget auto: {} now (leaves max(5% of the filesystem, 1GiB) free, at most half of it), reserve {}",
+                    format_bytes(max),
+                    reserve(max)
+                ),
+                None => "budget auto: cannot measure the filesystem of data_dir yet (computed at start)".to_owned(),
+            },
+        }
     }
 }
 

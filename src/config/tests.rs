@@ -7,7 +7,7 @@ use super::values::{format_size, parse_size};
 use super::*;
 use crate::names::Direction;
 use crate::secret::Secret;
-use crate::store::Overflow;
+use crate::store::{MaxBytes, Overflow};
 
 const ISSUE_EXAMPLE: &str = r##"data_dir = "/var/lib/ferry"
 [metrics]
@@ -312,6 +312,46 @@ fn store_cache_takes_a_size_and_defaults_to_16_mib() {
     let config = parse("data_dir = \"q\"\nstore_cache = \"64MiB\"\n").unwrap();
     assert_eq!(config.store_cache_bytes, 64 << 20);
     assert_error("data_dir = \"q\"\nstore_cache = \"lots\"\n", 2, "store_cache");
+}
+
+#[test]
+fn store_max_bytes_takes_a_size_auto_or_off_and_defaults_to_auto() {
+    let config = parse("data_dir = \"q\"\n").unwrap();
+    assert_eq!(
+        (config.store_max_bytes, config.store_reserve_bytes),
+        (MaxBytes::Auto, None)
+    );
+    assert!(
+        config.summary().contains("store     budget auto: "),
+        "{}",
+        config.summary()
+    );
+    let config = parse("data_dir = \"q\"\nstore_max_bytes = \"2GiB\"\nstore_reserve_bytes = \"100MiB\"\n").unwrap();
+    assert_eq!(config.store_max_bytes, MaxBytes::Bytes(2 << 30));
+    assert_eq!(config.store_reserve_bytes, Some(100 << 20));
+    assert!(
+        config.summary().contains("store     budget 2GiB, reserve 100MiB"),
+        "{}",
+        config.summary()
+    );
+    let small = parse("data_dir = \"q\"\nstore_max_bytes = \"8MiB\"\n").unwrap();
+    assert!(
+        small.summary().contains("budget 8MiB, reserve 2.0 MiB (default)"),
+        "{}",
+        small.summary()
+    );
+    for off in ["\"off\"", "0"] {
+        let config = parse(&format!("data_dir = \"q\"\nstore_max_bytes = {off}\n")).unwrap();
+        assert_eq!(config.store_max_bytes, MaxBytes::Off);
+        assert!(config.summary().contains("store     budget off"));
+    }
+    let error = assert_error("data_dir = \"q\"\nstore_max_bytes = \"lots\"\n", 2, "store_max_bytes");
+    assert!(error.contains("\"auto\" or \"off\""), "{error}");
+    assert_error(
+        "data_dir = \"q\"\nstore_max_bytes = \"1GiB\"\nstore_reserve_bytes = \"1GiB\"\n",
+        3,
+        "must be smaller than store_max_bytes",
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::error::{line_of, Problem};
 use super::raw::{RawConfig, RawLink, RawRoute, RawTuning};
 use super::values::{
-    credentials, format_size, integer_in, is_valid_link_name, listen_address, name_value, non_empty,
+    credentials, format_size, integer_in, is_valid_link_name, listen_address, max_bytes_value, name_value, non_empty,
     parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
 };
 use super::{
@@ -25,7 +25,7 @@ use super::{
 };
 use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
-use crate::store::Overflow;
+use crate::store::{MaxBytes, Overflow};
 use crate::topic::{self, TopicMap};
 
 /// A validated value with the span it came from (None: a built-in default).
@@ -514,6 +514,23 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     };
 
     let store_cache = problems.take_optional(&raw.store_cache, |raw| size_value("store_cache", raw));
+    let store_max = problems.take_optional(&raw.store_max_bytes, |raw| max_bytes_value("store_max_bytes", raw));
+    let store_reserve = problems.take_optional(&raw.store_reserve_bytes, |raw| size_value("store_reserve_bytes", raw));
+    if let (Some(Some(MaxBytes::Bytes(max))), Some(Some(reserve)), Some(raw_reserve)) =
+        (store_max, store_reserve, &raw.store_reserve_bytes)
+    {
+        if reserve >= max {
+            problems.push(Problem::at(
+                raw_reserve.span(),
+                format!(
+                    "store_reserve_bytes ({}) must be smaller than store_max_bytes ({}): the reserve is the \
+                     part of the budget kept for links that are not growing",
+                    format_size(reserve),
+                    format_size(max)
+                ),
+            ));
+        }
+    }
 
     let listen = problems.take(listen_address("metrics", &raw.metrics.listen, DEFAULT_METRICS_LISTEN));
     let admin_listen = problems.take(listen_address("admin", &raw.admin.listen, DEFAULT_ADMIN_LISTEN));
@@ -560,6 +577,8 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
         store_cache_bytes: store_cache
             .ok_or_else(incomplete)?
             .unwrap_or(crate::store::DEFAULT_CACHE_BYTES),
+        store_max_bytes: store_max.ok_or_else(incomplete)?.unwrap_or(MaxBytes::Auto),
+        store_reserve_bytes: store_reserve.ok_or_else(incomplete)?,
         metrics: MetricsConfig {
             listen: listen.ok_or_else(incomplete)?,
         },

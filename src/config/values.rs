@@ -12,6 +12,7 @@ use super::error::Problem;
 use super::raw::RawSize;
 use super::{DEFAULT_STATE_TOPIC, MAX_LINK_NAME_CHARS};
 use crate::secret::Secret;
+use crate::store::MaxBytes;
 use crate::topic;
 
 const SIZE_UNITS: [(&str, u64); 10] = [
@@ -124,6 +125,23 @@ pub(super) fn size_value(key: &str, raw: &Spanned<RawSize>) -> Result<u64, Probl
         RawSize::Text(text) => parse_size(text).map_err(|error| format!("{key}: {error}")),
     };
     bytes.map_err(|message| Problem::at(raw.span(), message))
+}
+
+/// `store_max_bytes`: a size, "auto" or "off" (0 is "off" too, like the
+/// queue bounds' 0 = no limit).
+pub(super) fn max_bytes_value(key: &str, raw: &Spanned<RawSize>) -> Result<MaxBytes, Problem> {
+    match raw.get_ref() {
+        RawSize::Text(text) if text.trim().eq_ignore_ascii_case("auto") => Ok(MaxBytes::Auto),
+        RawSize::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(MaxBytes::Off),
+        _ => match size_value(key, raw) {
+            Ok(0) => Ok(MaxBytes::Off),
+            Ok(bytes) => Ok(MaxBytes::Bytes(bytes)),
+            Err(problem) => Err(Problem {
+                message: format!("{}, or \"auto\" or \"off\"", problem.message),
+                ..problem
+            }),
+        },
+    }
 }
 
 pub(super) fn integer_in(

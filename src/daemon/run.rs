@@ -8,6 +8,9 @@
 //! acknowledged only what was durable, so the source brokers still hold the
 //! rest), the store is dropped, and once the filesystem has room again it is
 //! opened anew and the links start again. The process never exits for it.
+//! That is the last resort: the store budget (`store_max_bytes`, put in
+//! force here at every open and reload, see `store/budget.rs`) holds the
+//! queues that grow before the disk is full, so the other links never stop.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, HubConfig, LinkConfig};
 use crate::daemon::control::{plan_reload, Control, LinkHandle, ReloadError, ReloadReport, ReloadRequest};
 use crate::link::supervisor::{supervise, Supervised};
-use crate::store::{QueueLimits, Store};
+use crate::store::{dir_size, free_bytes, QueueLimits, Store};
 
 /// Free space the store's filesystem needs before a failed store is opened
 /// again: room for sled's next segments and a few batches.
@@ -43,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
     let mut store = open_store(&config.data_dir, config.store_cache_bytes).await?;
+    apply_budget(&store, &config);
     control.set_ready(None);
     for link in config.links.iter().filter(|l| !l.enabled) {
         tracing::info!(link = %link.name, "link disabled in config; its queues stay on disk");
@@ -76,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         reopen_backoff.reset();
+        apply_budget(&store, &config);
         control.set_ready(None);
         tracing::info!("store opened again; starting the links");
     }
@@ -118,17 +123,23 @@ async fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> 
     Ok(store)
 }
 
-/// Bytes of the regular files under `dir` (0 when it does not exist).
-fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// Puts the config's store budget in force (`auto` is measured now) and
+/// says so in the log.
+fn apply_budget(store: &Store, config: &Config) {
+    let limits = config.store_budget();
+    store.set_budget(limits);
+    match limits {
+        Some(l) => {
+            tracing::info!(data_dir = %config.data_dir.display(), store_max_bytes = l.max_bytes, store_reserve_bytes = l.reserve_bytes, store_bytes = store.budget().size_bytes, "store budget in force")
+        }
+        None if config.store_max_bytes == crate::store::MaxBytes::Off => {
+            tracing::info!(data_dir = %config.data_dir.display(), "store budget off: only a full disk stops the store growing")
+        }
+        None => {
+            tracing::warn!(data_dir = %config.data_dir.display(), "cannot measure the filesystem of data_dir: no store budget (store_max_bytes = \"auto\")")
+        }
+    }
+    crate::metrics::report_store(&store.budget());
 }
 
 /// A started link supervisor.
@@ -170,6 +181,7 @@ async fn run_links(
                 if store.is_poisoned() {
                     break true;
                 }
+                crate::metrics::report_store(&store.budget());
                 // A supervisor ends only when told to. If one ends otherwise
                 // (a bug in the supervisor itself), start it again: one link
                 // never stops ferry.
@@ -254,6 +266,7 @@ async fn reload(
         tracing::info!(link = %name, "link removed by reload; its queues stay on disk (ferry queue purge deletes them)");
     }
     *config = new;
+    apply_budget(store, config);
     for name in report.added.iter().chain(&report.changed) {
         if let Some(link) = config.links.iter().find(|l| &l.name == name) {
             start_link(link, &config.hub, store, generation, control, running);
@@ -281,15 +294,4 @@ async fn wait_for_free_space(dir: &Path, shutdown: &CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-}
-
-/// Bytes available to an unprivileged writer on the filesystem of `dir`.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `stat` a valid,
-    // writable statvfs struct for the duration of the call.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

@@ -126,6 +126,10 @@ pub struct QueueView {
     pub received: u64,
     pub forwarded: u64,
     pub dropped: u64,
+    /// True while the store budget holds this queue (the store reached
+    /// `store_max_bytes` and this queue grew): its overflow policy applies.
+    #[serde(default)]
+    pub held_by_store_budget: bool,
 }
 
 impl LinkStatus {
@@ -282,6 +286,7 @@ impl LinkStatus {
                         received: totals.received,
                         forwarded: totals.forwarded,
                         dropped: totals.dropped_total(),
+                        held_by_store_budget: q.held_by_budget(),
                     }
                 })
                 .collect(),

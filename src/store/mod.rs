@@ -29,6 +29,9 @@
 //!   means the message is sent again (a duplicate, never a loss);
 //! - limits are applied inside `append` under one lock, with the overflow
 //!   policy; every drop is counted with its [`DropReason`].
+//! - the store-wide budget ([`budget`]: `store_max_bytes`) is checked there
+//!   too: when the store reaches it, only the queues that grew meet their
+//!   overflow policy, so one link away cannot fill the disk for the others.
 //!
 //! # Detecting damage
 //! `<data_dir>/ledger` records, per queue, the next sequence number and the
@@ -43,6 +46,7 @@
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
 
+mod budget;
 mod ledger;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod model;
@@ -55,6 +59,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use budget::{
+    auto_max_bytes, dir_size, free_bytes, BudgetView, Limits as BudgetLimits, MaxBytes, DEFAULT_RESERVE_BYTES,
+};
 pub use queue::{Queue, Scanned};
 
 /// What a queue does when a bound is reached.
@@ -333,6 +340,8 @@ struct StoreInner {
     last_checkpoint: Mutex<Option<std::time::Instant>>,
     flushes: Mutex<FlushState>,
     flushed: std::sync::Condvar,
+    /// The store-wide budget (see [`budget`]), shared with every queue.
+    budget: Arc<budget::Budget>,
 }
 
 /// Store-wide group commit: every link's ingest and drain ask for flushes;
@@ -412,6 +421,7 @@ impl Store {
             detail,
         })?;
         check_against_ledger(&db, &path, &marks)?;
+        let budget = budget::Budget::start(&path);
         Ok(Store {
             inner: Arc::new(StoreInner {
                 db,
@@ -422,6 +432,7 @@ impl Store {
                 last_checkpoint: Mutex::new(None),
                 flushes: Mutex::new(FlushState::default()),
                 flushed: std::sync::Condvar::new(),
+                budget,
             }),
         })
     }
@@ -440,7 +451,14 @@ impl Store {
             return Ok(q.clone());
         }
         let tree = self.inner.db.open_tree(tree_name(name)).map_err(|e| self.error(e))?;
-        let q = Queue::open(name, tree, limits, self.inner.path.clone(), self.inner.poisoned.clone())?;
+        let q = Queue::open(
+            name,
+            tree,
+            limits,
+            self.inner.path.clone(),
+            self.inner.poisoned.clone(),
+            self.inner.budget.clone(),
+        )?;
         queues.insert(name.to_string(), q.clone());
         Ok(q)
     }
@@ -527,6 +545,23 @@ impl Store {
                     .map(str::to_string)
             })
             .collect()
+    }
+
+    /// Puts a store-wide budget in force (None: no budget); see [`budget`].
+    pub fn set_budget(&self, limits: Option<BudgetLimits>) {
+        self.inner.budget.set(limits);
+    }
+
+    /// The budget in force, the store's size as it counts it, and how many
+    /// queues it holds.
+    pub fn budget(&self) -> BudgetView {
+        self.inner.budget.view()
+    }
+
+    /// Measures the store's files now instead of at the next sample (tests).
+    #[cfg(test)]
+    pub(crate) fn sample_size(&self) {
+        self.inner.budget.sample();
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {

@@ -1,5 +1,9 @@
 //! One queue: a sled tree of records keyed by sequence number, plus its
 //! meta entry, changed together in atomic batches under one lock.
+//!
+//! `append` applies the queue's own bounds and the store-wide budget
+//! (`budget.rs` decides whether this queue is growing; the overflow policy
+//! is applied here, in the same batch as everything else).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -7,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::budget::Budget;
 use super::ledger::Mark;
 use super::record::{self, decode_meta, encode_meta};
 use super::{AppendOutcome, Depth, DropReason, Entry, Meta, Overflow, QueueLimits, Record, StoreError, Totals};
@@ -47,6 +52,10 @@ struct Inner {
     state: Mutex<State>,
     appended: Notify,
     space_freed: Notify,
+    /// The store-wide budget, shared by every queue of the store.
+    budget: Arc<Budget>,
+    /// Set while the budget holds this queue (its last append met it).
+    held_by_budget: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -69,6 +78,7 @@ impl Queue {
         limits: QueueLimits,
         path: PathBuf,
         poisoned: Arc<std::sync::atomic::AtomicBool>,
+        budget: Arc<Budget>,
     ) -> Result<Queue, StoreError> {
         let err = |e| StoreError::from_sled(&path, e);
         let stored = tree.get(META_KEY).map_err(err)?;
@@ -98,6 +108,7 @@ impl Queue {
         if let Some(last) = last_seq(&tree).map_err(err)? {
             meta.next_seq = meta.next_seq.max(last + 1);
         }
+        budget.queue_opened(meta.bytes);
         Ok(Queue {
             inner: Arc::new(Inner {
                 name: name.to_string(),
@@ -107,6 +118,8 @@ impl Queue {
                 state: Mutex::new(State { meta, limits }),
                 appended: Notify::new(),
                 space_freed: Notify::new(),
+                budget,
+                held_by_budget: Default::default(),
             }),
         })
     }
@@ -145,6 +158,8 @@ impl Queue {
         let mut old = self.inner.tree.range(key(0)..key(u64::MAX));
         let mut added: VecDeque<(u64, u64)> = VecDeque::new();
         let mut evicted_old: BTreeSet<u64> = BTreeSet::new();
+        // Bytes this batch writes, and whether the store budget held any of it.
+        let (mut written, mut held_by_budget) = (0u64, false);
         'records: for (i, r) in records.iter().enumerate() {
             let value = record::encode(r);
             let size = value.len() as u64;
@@ -154,7 +169,12 @@ impl Queue {
                 out.dropped_new += 1;
                 continue;
             }
-            while st.full_for(&meta, size) {
+            // A growing queue over the store budget meets its overflow
+            // policy; drop-oldest then frees as many bytes as it adds.
+            let over_budget = self.inner.budget.holds(meta.bytes, written + size);
+            held_by_budget |= over_budget;
+            let mut budget_need = if over_budget { size } else { 0 };
+            while st.full_for(&meta, size) || budget_need > 0 {
                 match st.limits.overflow {
                     Overflow::Block => {
                         out.refused = records.len() - i;
@@ -181,6 +201,7 @@ impl Queue {
                         meta.bytes = meta.bytes.saturating_sub(bytes);
                         meta.dropped[DropReason::Overflow as usize] += 1;
                         out.evicted += 1;
+                        budget_need = budget_need.saturating_sub(bytes);
                     }
                 }
             }
@@ -191,13 +212,19 @@ impl Queue {
             meta.received += 1;
             batch.insert(&key(seq), value);
             added.push_back((seq, size));
+            written += size;
             out.accepted += 1;
         }
         // A record added and evicted in the same batch was never stored.
         out.accepted -= evicted_old.iter().filter(|s| **s >= st.meta.next_seq).count();
         batch.insert(&META_KEY, encode_meta(&meta));
         self.apply(&mut st, batch, meta)?;
+        self.inner.budget.appended(written);
+        let depth = st.meta.bytes;
         drop(st);
+        self.inner
+            .budget
+            .set_held(&self.inner.name, &self.inner.held_by_budget, held_by_budget, depth);
         if out.accepted > 0 {
             self.inner.appended.notify_one();
         }
@@ -279,7 +306,13 @@ impl Queue {
         }
         batch.insert(&META_KEY, encode_meta(&meta));
         self.apply(&mut st, batch, meta)?;
+        let depth = st.meta.bytes;
         drop(st);
+        if self.held_by_budget() && !self.inner.budget.holds(depth, 0) {
+            self.inner
+                .budget
+                .set_held(&self.inner.name, &self.inner.held_by_budget, false, depth);
+        }
         self.inner.space_freed.notify_one();
         Ok(removed)
     }
@@ -401,6 +434,13 @@ impl Queue {
         !st.full_for(&st.meta, 0)
     }
 
+    /// True while the store-wide budget holds this queue: its last append
+    /// met the overflow policy because the store is at its budget and this
+    /// queue is one of those that grew (see `budget.rs`).
+    pub fn held_by_budget(&self) -> bool {
+        self.inner.held_by_budget.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Notified (one permit) after an append stored something.
     pub fn appended(&self) -> &Notify {
         &self.inner.appended
@@ -416,6 +456,13 @@ impl Queue {
     /// the counters are then read back from the tree, so they always
     /// describe what the tree holds.
     fn apply(&self, st: &mut State, batch: sled::Batch, meta: Meta) -> Result<(), StoreError> {
+        let before = st.meta.bytes;
+        let result = self.apply_batch(st, batch, meta);
+        self.inner.budget.depth_changed(before, st.meta.bytes);
+        result
+    }
+
+    fn apply_batch(&self, st: &mut State, batch: sled::Batch, meta: Meta) -> Result<(), StoreError> {
         match self.inner.tree.apply_batch(batch) {
             Ok(()) => {
                 st.meta = meta;
