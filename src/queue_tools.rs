@@ -14,6 +14,10 @@
 //!   reason `purged` so `received = forwarded + dropped + queued` still holds.
 //!   Without `--yes` it only says what it would delete.
 //!
+//! `stats`, `peek` and `export` read a private copy of the store
+//! ([`Store::open_copy`]): opening a sled database writes to it, and they
+//! must leave the store byte-identical, a damaged one included.
+//!
 //! Each command writes to the `out` it is given (stdout in `main`), so tests
 //! can run them in process.
 
@@ -29,10 +33,22 @@ use crate::link::queue_name;
 use crate::metrics::now_ms;
 use crate::store::{DropReason, Properties, Queue, QueueLimits, Record, Scanned, Store, StoreError};
 
+/// How a tool opens the store.
+#[derive(Clone, Copy)]
+enum Access {
+    /// A private copy ([`Store::open_copy`]): the store keeps every byte.
+    Read,
+    Write,
+}
+
 /// Opens the store under `cfg.data_dir` for an offline tool. `Ok(None)` when
 /// there is no store yet.
-fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
-    match Store::open_existing(&cfg.data_dir) {
+fn open_store(cfg: &Config, access: Access) -> anyhow::Result<Option<Store>> {
+    let opened = match access {
+        Access::Read => Store::open_copy(&cfg.data_dir),
+        Access::Write => Store::open_existing(&cfg.data_dir),
+    };
+    match opened {
         Ok(store) => Ok(Some(store)),
         Err(StoreError::NoStore { .. }) => Ok(None),
         Err(StoreError::Locked { .. }) => bail!(
@@ -44,8 +60,8 @@ fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
 }
 
 /// Like [`open_store`], for commands that need a queue: no store is an error.
-fn require_store(cfg: &Config) -> anyhow::Result<Store> {
-    match open_store(cfg)? {
+fn require_store(cfg: &Config, access: Access) -> anyhow::Result<Store> {
+    match open_store(cfg, access)? {
         Some(store) => Ok(store),
         None => bail!(
             "{}: there is no store here yet (ferry has not run with this data_dir), so there are no queues",
@@ -89,7 +105,7 @@ fn link_queues(store: &Store, link: &str, directions: &[Direction]) -> anyhow::R
 
 /// The store and the one queue of `link` in `direction` (see [`link_queues`]).
 fn one_queue(cfg: &Config, link: &str, direction: Direction) -> anyhow::Result<(Store, String, Queue)> {
-    let store = require_store(cfg)?;
+    let store = require_store(cfg, Access::Read)?;
     match link_queues(&store, link, &[direction])?.pop() {
         Some((name, queue)) => Ok((store, name, queue)),
         None => bail!("no `{direction}` queue for link `{link}`"),
@@ -159,7 +175,7 @@ impl QueueStats {
 
 /// `ferry queue stats`: every queue in the store, as a table or JSON.
 pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let Some(store) = open_store(cfg)? else {
+    let Some(store) = open_store(cfg, Access::Read)? else {
         if as_json {
             writeln!(
                 out,
@@ -375,7 +391,7 @@ fn properties_json(p: &Properties) -> serde_json::Value {
 /// `directions`, counted as dropped (reason `purged`). Without `yes` it only
 /// says what it would delete.
 pub fn purge(cfg: &Config, link: &str, directions: &[Direction], yes: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = require_store(cfg)?;
+    let store = require_store(cfg, Access::Write)?;
     let queues = link_queues(&store, link, directions)?;
     if !yes {
         for (name, queue) in &queues {

@@ -40,6 +40,7 @@ mod ferry;
 mod metrics;
 mod mqtt;
 mod ports;
+pub mod powerfs;
 mod proxy;
 mod smallfs;
 mod topology;
