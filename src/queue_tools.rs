@@ -452,11 +452,14 @@ pub fn preview(payload: &[u8]) -> String {
 }
 
 #[cfg(test)]
+use tests as tests_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     /// A config with one link `a` (out and in routes) and data_dir `dir`.
-    fn config(dir: &std::path::Path) -> Config {
+    pub(super) fn config(dir: &std::path::Path) -> Config {
         let text = format!(
             "data_dir = \"{}\"\n[hub]\nhost = \"127.0.0.1\"\n[[links]]\nname = \"a\"\nhost = \"127.0.0.1\"\n\
              [[links.routes]]\ndirection = \"out\"\nlocal = \"a/#\"\nremote = \"a/#\"\n\
@@ -478,7 +481,7 @@ mod tests {
     }
 
     /// Fills queues `a/out` (3 messages), `a/in` (1) and `gone/out` (2, a link not in the config).
-    fn fill(dir: &std::path::Path) {
+    pub(super) fn fill(dir: &std::path::Path) {
         let store = Store::open(dir).unwrap();
         for (name, n) in [("a/out", 3), ("a/in", 1), ("gone/out", 2)] {
             let q = store.queue(name, QueueLimits::UNBOUNDED).unwrap();
@@ -630,5 +633,62 @@ mod tests {
             line["properties"],
             json!({ "content_type": "text/plain", "user_properties": [["k", "v"]] })
         );
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    /// Every file under `dir` with its bytes.
+    fn contents(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(contents(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn stats_peek_and_export_leave_every_byte_of_the_store_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        let sink = |run: &dyn Fn(&mut Vec<u8>) -> anyhow::Result<()>| {
+            let mut out = Vec::new();
+            let _ = run(&mut out);
+        };
+        for damage in [false, true] {
+            if damage {
+                // A torn tail, as sled would repair (rewrite) on open.
+                let db = dir.path().join("store").join("db");
+                let len = std::fs::metadata(&db).unwrap().len();
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.set_len(len / 2).unwrap();
+            }
+            let before = contents(dir.path());
+            sink(&|out| stats(&cfg, true, out));
+            sink(&|out| stats(&cfg, false, out));
+            sink(&|out| peek(&cfg, "a", Direction::Out, 10, out));
+            sink(&|out| export(&cfg, "a", Direction::Out, out));
+            let after = contents(dir.path());
+            let changed: Vec<_> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| b != a)
+                .map(|(b, _)| b.0.display().to_string())
+                .collect();
+            assert!(
+                before.len() == after.len() && changed.is_empty(),
+                "damaged {damage}: files changed: {changed:?}"
+            );
+        }
     }
 }
