@@ -1078,18 +1078,22 @@ fn a_store_whose_creation_a_power_loss_cut_short_is_created_again() {
     assert_eq!(store.queue("q", QueueLimits::UNBOUNDED).unwrap().depth().messages, 3);
 }
 
+/// A closed store whose queue `q` holds five records, checkpointed.
+fn store_with_five_in_q() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .queue("q", QueueLimits::UNBOUNDED)
+        .unwrap()
+        .append(&recs(0..5, 10))
+        .unwrap();
+    store.checkpoint().unwrap();
+    dir
+}
+
 #[test]
 fn a_torn_snapshot_left_by_a_crash_does_not_stop_the_store_from_opening() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .queue("q", QueueLimits::UNBOUNDED)
-            .unwrap()
-            .append(&recs(0..5, 10))
-            .unwrap();
-        store.checkpoint().unwrap();
-    }
+    let dir = store_with_five_in_q();
     // sled takes the last `snap.*` by name: a torn one sorts last.
     std::fs::write(
         dir.path().join("store").join("snap.FFFFFFFFFFFFFFFF.generating"),
@@ -1102,16 +1106,7 @@ fn a_torn_snapshot_left_by_a_crash_does_not_stop_the_store_from_opening() {
 
 #[test]
 fn an_unreadable_database_without_a_ledger_is_damaged_not_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .queue("q", QueueLimits::UNBOUNDED)
-            .unwrap()
-            .append(&recs(0..5, 10))
-            .unwrap();
-        store.checkpoint().unwrap();
-    }
+    let dir = store_with_five_in_q();
     std::fs::remove_file(dir.path().join("ledger")).unwrap();
     let store = dir.path().join("store");
     for entry in std::fs::read_dir(&store).unwrap() {
