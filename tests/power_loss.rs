@@ -116,9 +116,20 @@ async fn acknowledged_messages_survive_power_cuts() {
     let mut round = 0;
     while round < ROUNDS || !publisher.is_finished() {
         round += 1;
-        // Let ferry ingest for a random while (it has just started: the
-        // first cuts of a round fall on its start-up and store creation).
-        let deadline = Instant::now() + Duration::from_millis(rng.u64(100..1500));
+        // Every third cut falls at a random moment of the start-up (store
+        // creation and recovery); the others while ferry ingests.
+        if round % 3 != 1 {
+            ferry
+                .wait_metric(
+                    "ferry_connection_up",
+                    &[("link", "edge0"), ("side", "hub")],
+                    |v| v >= 1.0,
+                    LONG,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        let deadline = Instant::now() + Duration::from_millis(rng.u64(50..1200));
         let mut seen = 0.0;
         while Instant::now() < deadline {
             if let Ok(m) = ferry.try_scrape() {
