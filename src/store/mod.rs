@@ -22,8 +22,9 @@
 //! scanning (sled's `len()` is O(n)).
 //!
 //! # Protocol
-//! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one fsync for
-//!   the batch: group commit), and only then acknowledge the source;
+//! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one commit for
+//!   the batch: group commit; sled's flush, then the syncs of [`durable`]
+//!   that make it survive a power loss), and only then acknowledge the source;
 //! - drain: [`Queue::read`] from a cursor, publish, and [`Queue::ack`] what
 //!   the destination acknowledged. Acks need no flush: an ack lost in a crash
 //!   means the message is sent again (a duplicate, never a loss);
@@ -38,7 +39,9 @@
 //! complaint and returns less. `Store::open` then fails with
 //! [`StoreError::Damaged`] instead of starting with silently emptied queues.
 //! What sled itself cannot read at open (corruption it notices, a damaged
-//! `conf` file) is reported as `Damaged` too, with the same remedy.
+//! `conf` file) is reported as `Damaged` too, with the same remedy, and so is
+//! a store without a ledger whose non-empty database holds no readable queue
+//! (every store ferry creates gets a ledger first, see [`durable`]).
 //!
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
