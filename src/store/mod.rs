@@ -23,7 +23,7 @@
 //!
 //! # Protocol
 //! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one commit for
-//!   the batch: group commit; sled's flush, then the syncs of [`durable`]
+//!   the batch: group commit; sled's flush, then the syncs of `durable.rs`
 //!   that make it survive a power loss), and only then acknowledge the source;
 //! - drain: [`Queue::read`] from a cursor, publish, and [`Queue::ack`] what
 //!   the destination acknowledged. Acks need no flush: an ack lost in a crash
@@ -41,7 +41,7 @@
 //! What sled itself cannot read at open (corruption it notices, a damaged
 //! `conf` file) is reported as `Damaged` too, with the same remedy, and so is
 //! a store without a ledger whose non-empty database holds no readable queue
-//! (every store ferry creates gets a ledger first, see [`durable`]).
+//! (every store ferry creates gets a ledger first, see `durable.rs`).
 //!
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
@@ -568,7 +568,7 @@ impl Store {
         }
     }
 
-    /// sled's flush, then the syncs that make it durable (see [`durable`]).
+    /// sled's flush, then the syncs that make it durable (see `durable.rs`).
     fn commit(&self) -> Result<(), StoreError> {
         self.inner.db.flush().map_err(|e| self.error(e))?;
         let Some(syncer) = &self.inner.syncer else {
