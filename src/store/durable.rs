@@ -197,14 +197,12 @@ impl Syncer {
         // A second descriptor on the same file: fsync covers the file, not
         // the descriptor. sled's lock (flock) is on its own descriptor.
         let db = File::open(store.join("db"))?;
-        let blobs_dir = store.join("blobs");
-        let synced = fs::read_dir(&blobs_dir)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<HashSet<_>>>()?;
+        // Blob files already there are synced by the first commit: a store
+        // written before ferry synced them may hold some only in memory.
         Ok(Syncer {
             db,
-            blobs_dir,
-            synced_blobs: Mutex::new(synced),
+            blobs_dir: store.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
         })
     }
 
