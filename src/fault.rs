@@ -5,6 +5,10 @@
 //! once, after `n` messages were delivered on it in this process, so tests
 //! can check that the supervisor restarts the link and that nothing else
 //! notices.
+//!
+//! `FERRY_FAULT_UNSYNCED_COMMIT=1` makes store commits skip ferry's syncs
+//! (read in `src/store/durable.rs`, which depends on nothing else in ferry),
+//! for the power-loss test to show what they prevent.
 
 #[cfg(feature = "fault-injection")]
 pub fn after_delivery(link: &str, delivered: u64) {
