@@ -10,6 +10,10 @@
 //! `ingest` or `drain`) stop driving its event loop once, forever, after its
 //! `n`-th event in this process: what a task stuck outside `poll()` looks like
 //! to its watchdog.
+//!
+//! `FERRY_FAULT_UNSYNCED_COMMIT=1` makes store commits skip ferry's syncs
+//! (read in `src/store/durable.rs`, which depends on nothing else in ferry),
+//! for the power-loss test to show what they prevent.
 
 #[cfg(feature = "fault-injection")]
 pub fn after_delivery(link: &str, delivered: u64) {

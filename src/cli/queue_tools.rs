@@ -14,6 +14,10 @@
 //!   reason `purged` so `received = forwarded + dropped + queued` still holds.
 //!   Without `--yes` it only says what it would delete.
 //!
+//! `stats`, `peek` and `export` read a private copy of the store
+//! ([`Store::open_copy`]): opening a sled database writes to it, and they
+//! must leave the store byte-identical, a damaged one included.
+//!
 //! Each command writes to the `out` it is given (stdout in `main`), so tests
 //! can run them in process.
 
@@ -29,10 +33,22 @@ use crate::metrics::now_ms;
 use crate::names::{queue_name, Direction};
 use crate::store::{DropReason, Properties, Queue, QueueLimits, Record, Scanned, Store, StoreError};
 
+/// How a tool opens the store.
+#[derive(Clone, Copy)]
+enum Access {
+    /// A private copy ([`Store::open_copy`]): the store keeps every byte.
+    Read,
+    Write,
+}
+
 /// Opens the store under `cfg.data_dir` for an offline tool. `Ok(None)` when
 /// there is no store yet.
-fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
-    match Store::open_existing(&cfg.data_dir) {
+fn open_store(cfg: &Config, access: Access) -> anyhow::Result<Option<Store>> {
+    let opened = match access {
+        Access::Read => Store::open_copy(&cfg.data_dir),
+        Access::Write => Store::open_existing(&cfg.data_dir),
+    };
+    match opened {
         Ok(store) => Ok(Some(store)),
         Err(StoreError::NoStore { .. }) => Ok(None),
         Err(StoreError::Locked { .. }) => bail!(
@@ -44,8 +60,8 @@ fn open_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
 }
 
 /// Like [`open_store`], for commands that need a queue: no store is an error.
-fn require_store(cfg: &Config) -> anyhow::Result<Store> {
-    match open_store(cfg)? {
+fn require_store(cfg: &Config, access: Access) -> anyhow::Result<Store> {
+    match open_store(cfg, access)? {
         Some(store) => Ok(store),
         None => bail!(
             "{}: there is no store here yet (ferry has not run with this data_dir), so there are no queues",
@@ -89,7 +105,7 @@ fn link_queues(store: &Store, link: &str, directions: &[Direction]) -> anyhow::R
 
 /// The store and the one queue of `link` in `direction` (see [`link_queues`]).
 fn one_queue(cfg: &Config, link: &str, direction: Direction) -> anyhow::Result<(Store, String, Queue)> {
-    let store = require_store(cfg)?;
+    let store = require_store(cfg, Access::Read)?;
     match link_queues(&store, link, &[direction])?.pop() {
         Some((name, queue)) => Ok((store, name, queue)),
         None => bail!("no `{direction}` queue for link `{link}`"),
@@ -159,7 +175,7 @@ impl QueueStats {
 
 /// `ferry queue stats`: every queue in the store, as a table or JSON.
 pub fn stats(cfg: &Config, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let Some(store) = open_store(cfg)? else {
+    let Some(store) = open_store(cfg, Access::Read)? else {
         if as_json {
             writeln!(
                 out,
@@ -375,7 +391,7 @@ fn properties_json(p: &Properties) -> serde_json::Value {
 /// `directions`, counted as dropped (reason `purged`). Without `yes` it only
 /// says what it would delete.
 pub fn purge(cfg: &Config, link: &str, directions: &[Direction], yes: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = require_store(cfg)?;
+    let store = require_store(cfg, Access::Write)?;
     let queues = link_queues(&store, link, directions)?;
     if !yes {
         for (name, queue) in &queues {
@@ -436,11 +452,14 @@ pub fn preview(payload: &[u8]) -> String {
 }
 
 #[cfg(test)]
+use tests as tests_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     /// A config with one link `a` (out and in routes) and data_dir `dir`.
-    fn config(dir: &std::path::Path) -> Config {
+    pub(super) fn config(dir: &std::path::Path) -> Config {
         let text = format!(
             "data_dir = \"{}\"\n[hub]\nhost = \"127.0.0.1\"\n[[links]]\nname = \"a\"\nhost = \"127.0.0.1\"\n\
              [[links.routes]]\ndirection = \"out\"\nlocal = \"a/#\"\nremote = \"a/#\"\n\
@@ -462,7 +481,7 @@ mod tests {
     }
 
     /// Fills queues `a/out` (3 messages), `a/in` (1) and `gone/out` (2, a link not in the config).
-    fn fill(dir: &std::path::Path) {
+    pub(super) fn fill(dir: &std::path::Path) {
         let store = Store::open(dir).unwrap();
         for (name, n) in [("a/out", 3), ("a/in", 1), ("gone/out", 2)] {
             let q = store.queue(name, QueueLimits::UNBOUNDED).unwrap();
@@ -614,5 +633,62 @@ mod tests {
             line["properties"],
             json!({ "content_type": "text/plain", "user_properties": [["k", "v"]] })
         );
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    /// Every file under `dir` with its bytes.
+    fn contents(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(contents(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn stats_peek_and_export_leave_every_byte_of_the_store_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        fill(dir.path());
+        let sink = |run: &dyn Fn(&mut Vec<u8>) -> anyhow::Result<()>| {
+            let mut out = Vec::new();
+            let _ = run(&mut out);
+        };
+        for damage in [false, true] {
+            if damage {
+                // A torn tail, as sled would repair (rewrite) on open.
+                let db = dir.path().join("store").join("db");
+                let len = std::fs::metadata(&db).unwrap().len();
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.set_len(len / 2).unwrap();
+            }
+            let before = contents(dir.path());
+            sink(&|out| stats(&cfg, true, out));
+            sink(&|out| stats(&cfg, false, out));
+            sink(&|out| peek(&cfg, "a", Direction::Out, 10, out));
+            sink(&|out| export(&cfg, "a", Direction::Out, out));
+            let after = contents(dir.path());
+            let changed: Vec<_> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| b != a)
+                .map(|(b, _)| b.0.display().to_string())
+                .collect();
+            assert!(
+                before.len() == after.len() && changed.is_empty(),
+                "damaged {damage}: files changed: {changed:?}"
+            );
+        }
     }
 }

@@ -6,8 +6,10 @@
 //! it opens it and quietly returns less (it takes the damage for the torn
 //! tail of a crash). Comparing the reopened queues with the ledger turns
 //! that silent loss into an error the operator sees. The ledger is written
-//! to a temporary file, synced, and renamed over the old one, so it is
-//! always whole.
+//! to a temporary file (mode 0600), synced, and renamed over the old one,
+//! and the directory is synced, so it is always whole and durable. It is
+//! written (empty) before a new store is renamed into place: a `store`
+//! always has a ledger beside it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,12 +67,12 @@ pub(crate) fn write(path: &Path, marks: &BTreeMap<String, Mark>) -> std::io::Res
         text.push_str(&format!("{}\t{}\t{}\n", m.next_seq, m.received, name));
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = super::durable::create_private_file(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        super::durable::sync_dir(dir)?;
     }
     Ok(())
 }

@@ -22,8 +22,9 @@
 //! scanning (sled's `len()` is O(n)).
 //!
 //! # Protocol
-//! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one fsync for
-//!   the batch: group commit), and only then acknowledge the source;
+//! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one commit for
+//!   the batch: group commit; sled's flush, then the syncs of `durable.rs`
+//!   that make it survive a power loss), and only then acknowledge the source;
 //! - drain: [`Queue::read`] from a cursor, publish, and [`Queue::ack`] what
 //!   the destination acknowledged. Acks need no flush: an ack lost in a crash
 //!   means the message is sent again (a duplicate, never a loss);
@@ -41,12 +42,15 @@
 //! complaint and returns less. `Store::open` then fails with
 //! [`StoreError::Damaged`] instead of starting with silently emptied queues.
 //! What sled itself cannot read at open (corruption it notices, a damaged
-//! `conf` file) is reported as `Damaged` too, with the same remedy.
+//! `conf` file) is reported as `Damaged` too, with the same remedy, and so is
+//! a store without a ledger whose non-empty database holds no readable queue
+//! (every store ferry creates gets a ledger first, see `durable.rs`).
 //!
 //! The store depends on nothing else in ferry, so tests, fuzzing and
 //! benchmarks drive it alone.
 
 mod budget;
+mod durable;
 mod ledger;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod model;
@@ -331,6 +335,9 @@ pub struct Store {
 
 struct StoreInner {
     db: sled::Db,
+    /// Syncs sled's files after each flush; None only under the test fault
+    /// `FERRY_FAULT_UNSYNCED_COMMIT`.
+    syncer: Option<durable::Syncer>,
     path: PathBuf,
     queues: Mutex<HashMap<String, Queue>>,
     /// Set by any failed sled operation. sled refuses every operation after
@@ -342,6 +349,18 @@ struct StoreInner {
     flushed: std::sync::Condvar,
     /// The store-wide budget (see [`budget`]), shared with every queue.
     budget: Arc<budget::Budget>,
+    /// For [`Store::open_copy`]: the scratch copy, removed after the
+    /// database (declared last, so dropped last).
+    _scratch: Option<Scratch>,
+}
+
+/// A directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Store-wide group commit: every link's ingest and drain ask for flushes;
@@ -390,19 +409,94 @@ impl Store {
         Store::open_waiting(data_dir, DEFAULT_CACHE_BYTES, Duration::ZERO)
     }
 
+    /// Opens a copy of an existing store, for tools that only read: opening
+    /// a sled database writes to it (a snapshot, the recovered tail, and a
+    /// damaged file is rewritten as sled recovers it), and a read must not
+    /// change a byte. The store and its ledger are copied into a private
+    /// directory under the system's temporary directory (`TMPDIR`), removed
+    /// when the returned store is dropped. Fails like [`Store::open_existing`]
+    /// (no store, in use), and when the temporary directory has no room.
+    pub fn open_copy(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        if !path.exists() {
+            return Err(StoreError::NoStore {
+                path: data_dir.to_path_buf(),
+            });
+        }
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io { path: p, source }
+        };
+        let scratch = {
+            // Held while copying: a ferry holds sled's exclusive lock.
+            let _lock = match durable::lock_shared(&path.join("db")).map_err(io(&path))? {
+                Some(lock) => lock,
+                None => return Err(StoreError::Locked { path }),
+            };
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let dir = std::env::temp_dir().join(format!("ferry-inspect-{}-{stamp}", std::process::id()));
+            let scratch = Scratch(dir.clone());
+            durable::copy_for_reading(data_dir, &dir).map_err(|e| StoreError::Other {
+                path: path.clone(),
+                detail: format!("cannot copy the store to {} to read it: {e}", dir.display()),
+            })?;
+            scratch
+        };
+        let mut store = Store::open_waiting(&scratch.0, DEFAULT_CACHE_BYTES, Duration::ZERO).map_err(|e| {
+            // Report the real store's path, not the copy's.
+            match e {
+                StoreError::Damaged { detail, .. } => StoreError::Damaged {
+                    path: path.clone(),
+                    detail,
+                },
+                other => other,
+            }
+        })?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner._scratch = Some(scratch);
+            inner.path = path;
+        }
+        Ok(store)
+    }
+
     /// `open_with_cache`, waiting at most `lock_wait` for a lock held by a
     /// store that is closing (tests pass a short wait).
     fn open_waiting(data_dir: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+        durable::create_dir_private(data_dir).map_err(|source| StoreError::CreateDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
         let path = data_dir.join("store");
-        let config = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .mode(sled::Mode::HighThroughput);
+        let ledger_path = data_dir.join("ledger");
+        let unsynced = durable::unsynced_commits();
+        let config = |at: &Path| {
+            sled::Config::new()
+                .path(at)
+                .cache_capacity(cache_bytes)
+                // ferry syncs after each flush (durable::Syncer); sled's own
+                // flusher would sync a log pointing to unsynced blob files.
+                .flush_every_ms(if unsynced { Some(1000) } else { None })
+                .mode(sled::Mode::HighThroughput)
+        };
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io { path: p, source }
+        };
+        if !path.exists() {
+            // The ledger first: a `store` directory always has one beside it.
+            if !ledger_path.exists() {
+                ledger::write(&ledger_path, &BTreeMap::new()).map_err(io(&ledger_path))?;
+            }
+            durable::create(data_dir, &path, &config(&path.with_extension("new"))).map_err(io(&path))?;
+        } else if durable::lock_shared(&path.join("db")).map_err(io(&path))?.is_some() {
+            // Not in use: what a crash left of a snapshot can go.
+            durable::remove_unfinished_snapshots(&path).map_err(io(&path))?;
+        }
+        let db_was_empty = std::fs::metadata(path.join("db")).map_or(true, |m| m.len() == 0);
+        let config = config(&path);
         // sled releases its file lock from background threads shortly after
         // the previous owner closed it (a restart, a test reopening): wait a
         // little before calling the directory taken.
@@ -415,16 +509,32 @@ impl Store {
                 other => break other?,
             }
         };
-        let ledger_path = data_dir.join("ledger");
+        durable::settle_after_open(data_dir, &path).map_err(io(&path))?;
+        let had_ledger = ledger_path.exists();
         let marks = ledger::read(&ledger_path).map_err(|detail| StoreError::Damaged {
             path: ledger_path.clone(),
             detail,
         })?;
         check_against_ledger(&db, &path, &marks)?;
+        let holds_queues = db.tree_names().iter().any(|n| n.starts_with(b"queue/"));
+        if !had_ledger && !holds_queues && !db_was_empty {
+            return Err(StoreError::Damaged {
+                path,
+                detail: "sled found no queue in its database file, which is not empty, and there is no ledger \
+                         to say what it held: the file is unreadable"
+                    .to_string(),
+            });
+        }
+        let syncer = if unsynced {
+            None
+        } else {
+            Some(durable::Syncer::open(&path).map_err(io(&path))?)
+        };
         let budget = budget::Budget::start(&path);
         Ok(Store {
             inner: Arc::new(StoreInner {
                 db,
+                syncer,
                 path,
                 queues: Mutex::new(HashMap::new()),
                 poisoned: Arc::new(AtomicBool::new(false)),
@@ -433,6 +543,7 @@ impl Store {
                 flushes: Mutex::new(FlushState::default()),
                 flushed: std::sync::Condvar::new(),
                 budget,
+                _scratch: None,
             }),
         })
     }
@@ -491,7 +602,7 @@ impl Store {
                 st.running = true;
                 let covers = st.requested;
                 drop(st);
-                let result = self.inner.db.flush().map(|_| ()).map_err(|e| self.error(e));
+                let result = self.commit();
                 st = self.lock_flushes();
                 st.running = false;
                 if result.is_ok() {
@@ -507,6 +618,23 @@ impl Store {
         }
     }
 
+    /// sled's flush, then the syncs that make it durable (see `durable.rs`).
+    fn commit(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(|e| self.error(e))?;
+        let Some(syncer) = &self.inner.syncer else {
+            return Ok(());
+        };
+        syncer.sync().map_err(|source| {
+            // After a failed fsync the kernel may have dropped the pages:
+            // what sled believes written is unknown. Reopen.
+            self.inner.poisoned.store(true, Ordering::Relaxed);
+            StoreError::Io {
+                path: self.inner.path.clone(),
+                source,
+            }
+        })
+    }
+
     fn lock_flushes(&self) -> std::sync::MutexGuard<'_, FlushState> {
         self.inner.flushes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -519,7 +647,7 @@ impl Store {
             let queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
             queues.iter().map(|(name, q)| (name.clone(), q.mark())).collect()
         };
-        self.inner.db.flush().map_err(|e| self.error(e))?;
+        self.commit()?;
         let mut last = self.inner.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
         // Keep what the ledger knew of queues not opened in this run.
         let mut all = ledger::read(&self.inner.ledger_path).unwrap_or_default();
@@ -594,7 +722,14 @@ pub fn quarantine(data_dir: &Path) -> Result<PathBuf, StoreError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let aside = data_dir.join(format!("store.damaged-{stamp}"));
+    // Two quarantines within a second must not collide.
+    let aside = (0..)
+        .map(|n| match n {
+            0 => data_dir.join(format!("store.damaged-{stamp}")),
+            n => data_dir.join(format!("store.damaged-{stamp}-{n}")),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| data_dir.join(format!("store.damaged-{stamp}")));
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, source }
@@ -603,7 +738,9 @@ pub fn quarantine(data_dir: &Path) -> Result<PathBuf, StoreError> {
     let ledger = data_dir.join("ledger");
     if ledger.exists() {
         std::fs::rename(&ledger, aside.join("ledger")).map_err(io(&ledger))?;
+        durable::sync_dir(&aside).map_err(io(&aside))?;
     }
+    durable::sync_dir(data_dir).map_err(io(data_dir))?;
     Ok(aside)
 }
 

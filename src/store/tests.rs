@@ -904,3 +904,123 @@ fn purge_removes_everything_counted_as_purged_and_survives_reopen() {
     q.append(&recs(0..1, 3)).unwrap();
     assert!(seqs(&q)[0] >= 25_000, "a sequence number was reused after a purge");
 }
+
+/// Every file and directory under `dir` with its mode, for the permission test.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        out.push((entry.path(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            out.extend(modes(&entry.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn everything_ferry_creates_is_owner_only_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only changes the mode of files created from now on.
+    let old = unsafe { libc::umask(0o022) };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    {
+        let store = Store::open(&data_dir).unwrap();
+        let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+        // Large records make sled write blob files.
+        q.append(&recs(0..40, 20_000)).unwrap();
+        store.flush().unwrap();
+        store.checkpoint().unwrap();
+    }
+    // A reopen writes a snapshot.
+    drop(open_fast(&data_dir).unwrap());
+    unsafe { libc::umask(old) };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700, "data_dir");
+    let all = modes(&data_dir);
+    assert!(
+        all.iter()
+            .any(|(p, _)| p.starts_with(data_dir.join("store/blobs")) && p.is_file()),
+        "no blob written: {all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|(p, _)| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap."))),
+        "no snapshot: {all:?}"
+    );
+    for (path, mode) in all {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{}: mode {mode:o}", path.display());
+    }
+}
+
+#[test]
+fn a_store_whose_creation_a_power_loss_cut_short_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a power loss during creation leaves: sled's files in `store.new`,
+    // an empty conf, a short db.
+    let fresh = dir.path().join("store.new");
+    std::fs::create_dir_all(fresh.join("blobs")).unwrap();
+    std::fs::write(fresh.join("conf"), b"").unwrap();
+    std::fs::write(fresh.join("db"), [0u8; 17]).unwrap();
+    let store = open_fast(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    q.append(&recs(0..3, 10)).unwrap();
+    store.flush().unwrap();
+    drop((q, store));
+    assert!(!fresh.exists(), "the unfinished store.new is left behind");
+    let store = open_fast(dir.path()).unwrap();
+    assert_eq!(store.queue("q", QueueLimits::UNBOUNDED).unwrap().depth().messages, 3);
+}
+
+/// A closed store whose queue `q` holds five records, checkpointed.
+fn store_with_five_in_q() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .queue("q", QueueLimits::UNBOUNDED)
+        .unwrap()
+        .append(&recs(0..5, 10))
+        .unwrap();
+    store.checkpoint().unwrap();
+    dir
+}
+
+#[test]
+fn a_torn_snapshot_left_by_a_crash_does_not_stop_the_store_from_opening() {
+    let dir = store_with_five_in_q();
+    // sled takes the last `snap.*` by name: a torn one sorts last.
+    std::fs::write(
+        dir.path().join("store").join("snap.FFFFFFFFFFFFFFFF.generating"),
+        b"torn",
+    )
+    .unwrap();
+    let store = open_fast(dir.path()).unwrap();
+    assert_eq!(store.queue("q", QueueLimits::UNBOUNDED).unwrap().depth().messages, 5);
+}
+
+#[test]
+fn an_unreadable_database_without_a_ledger_is_damaged_not_empty() {
+    let dir = store_with_five_in_q();
+    std::fs::remove_file(dir.path().join("ledger")).unwrap();
+    let store = dir.path().join("store");
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("snap."))
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let len = std::fs::metadata(store.join("db")).unwrap().len();
+    std::fs::write(store.join("db"), vec![0u8; len as usize]).unwrap();
+    let err = open_fast(dir.path())
+        .err()
+        .expect("an unreadable db must not open as an empty store");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("quarantine"), "{err}");
+}

@@ -54,6 +54,7 @@ mod metrics;
 mod mqtt;
 pub mod peer;
 mod ports;
+pub mod powerfs;
 mod process;
 mod procfs;
 mod proxy;
