@@ -420,7 +420,8 @@ mod tests {
     fn batch(from: u64, n: u64) -> Vec<Record> {
         (from..from + n)
             .map(|i| Record {
-                topic: format!("t/{i}"),
+                // Fixed width: every record the same size, so one evicted frees one added.
+                topic: format!("t/{i:06}"),
                 payload: vec![(i % 251) as u8; 1000],
                 qos: 1,
                 retain: false,
