@@ -33,6 +33,8 @@ pub const STORE_ERRORS: &str = "ferry_store_errors_total";
 pub const FORWARD_LATENCY: &str = "ferry_forward_latency_seconds";
 pub const COMMIT_SECONDS: &str = "ferry_store_commit_seconds";
 pub const COMMIT_BATCH: &str = "ferry_store_commit_batch_messages";
+/// This process's shard index (label `shards`: the fleet's size); see src/fleet.rs.
+pub const FLEET_SHARD: &str = "ferry_fleet_shard";
 
 /// Installs the global recorder and serves `/metrics` on `listen`.
 /// Fails (instead of running blind) when the address cannot be bound.
@@ -131,6 +133,10 @@ fn describe() {
         "Time to append and flush one ingest batch."
     );
     describe_histogram!(COMMIT_BATCH, "Messages per group commit.");
+    describe_gauge!(
+        FLEET_SHARD,
+        "This process's shard index in its fleet (label shards: how many)."
+    );
 }
 
 /// Exports a queue's persisted counters and depth, labelled by link and direction.
