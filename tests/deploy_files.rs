@@ -127,6 +127,15 @@ fn the_grafana_dashboard_is_valid_and_templated() {
     assert_eq!(ids.len(), panels.len(), "panel ids must be unique");
 }
 
+/// What a command printed: stdout, then stderr.
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `program args` when it is installed; None when it is not.
 fn run_if_installed(program: &str, args: &[&str]) -> Option<std::process::Output> {
     match Command::new(program).args(args).output() {
@@ -146,11 +155,7 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let Some(out) = run_if_installed("promtool", &["check", "config", config.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success(),
         "promtool check config (which also checks the rules):\n{text}"
@@ -163,11 +168,7 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let Some(out) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success(),
         "promtool test rules (the alerts' unit tests):\n{text}"
@@ -194,11 +195,7 @@ fn systemd_accepts_the_unit() {
     let Some(out) = run_if_installed("systemd-analyze", &["verify", path.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && !text.contains("ferry.service:"),
         "systemd-analyze verify:\n{text}"
@@ -368,11 +365,7 @@ fn ferry_check_accepts_the_configmaps_ferry_toml() {
         .args(["check", "--config", path.to_str().unwrap_or_default()])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = output_text(&out);
     assert!(
         out.status.success(),
         "ferry check refuses the ConfigMap's ferry.toml:\n{said}"
