@@ -853,3 +853,12 @@ fn summary_lists_each_shards_links() {
     assert!(moves.starts_with("from 2 to 3 shards: 0 of 6 links move"), "{moves}");
     assert!(parse(MINIMAL_LINK).unwrap().summary().find("shard").is_none());
 }
+
+#[test]
+fn a_reload_cannot_change_the_fleet() {
+    let one = parse(MINIMAL_LINK).unwrap();
+    let three = parse(&format!("{MINIMAL_LINK}[fleet]\nshards = 3\nshard = \"auto\"\n")).unwrap();
+    let refused = crate::daemon::control::plan_reload(&one, &three).unwrap_err();
+    assert!(refused.starts_with("[fleet] changed (shards = 1"), "{refused}");
+    assert!(crate::daemon::control::plan_reload(&three, &three.clone()).is_ok());
+}
