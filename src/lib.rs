@@ -26,6 +26,7 @@
 //! - [`store`]: the durable queues (sled), their invariants and counters.
 //! - `config`: the configuration file: types, parsing, validation, `ferry check`'s summary.
 //! - `topic`: MQTT filter rules and topic mapping.
+//! - `fleet`: `[fleet]` sharding: which links this process runs (rendezvous hashing of link names).
 //! - `names`: the one owner of directions, sides, roles, client ids and queue names.
 //! - `secret`: a string that never shows itself in `Debug` or logs (passwords).
 //! - `metrics`, `backoff`, `fault` (test-only fault injection).
@@ -56,6 +57,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod fault;
+pub(crate) mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub(crate) mod link;

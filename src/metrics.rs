@@ -45,6 +45,8 @@ pub const COMMIT_BATCH: &str = "ferry_store_commit_batch_messages";
 pub const STORE_BYTES: &str = "ferry_store_bytes";
 pub const STORE_BUDGET: &str = "ferry_store_budget_bytes";
 pub const STORE_BUDGET_HELD: &str = "ferry_store_budget_held_queues";
+/// This process's shard index (label `shards`: the fleet's size); see src/fleet.rs.
+pub const FLEET_SHARD: &str = "ferry_fleet_shard";
 
 /// Installs the global recorder and serves `/metrics` on `listen`.
 /// Fails (instead of running blind) when the address cannot be bound.
@@ -192,6 +194,10 @@ fn describe() {
     describe_gauge!(
         STORE_BUDGET_HELD,
         "Queues the store budget holds now: the store reached its budget and they grew (their overflow policy applies)."
+    );
+    describe_gauge!(
+        FLEET_SHARD,
+        "This process's shard index in its fleet (label shards: how many)."
     );
 }
 

@@ -127,6 +127,15 @@ fn the_grafana_dashboard_is_valid_and_templated() {
     assert_eq!(ids.len(), panels.len(), "panel ids must be unique");
 }
 
+/// What a command printed: stdout, then stderr.
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `program args` when it is installed; None when it is not.
 fn run_if_installed(program: &str, args: &[&str]) -> Option<std::process::Output> {
     match Command::new(program).args(args).output() {
@@ -146,11 +155,7 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let Some(out) = run_if_installed("promtool", &["check", "config", config.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success(),
         "promtool check config (which also checks the rules):\n{text}"
@@ -163,11 +168,7 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let Some(out) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success(),
         "promtool test rules (the alerts' unit tests):\n{text}"
@@ -194,13 +195,180 @@ fn systemd_accepts_the_unit() {
     let Some(out) = run_if_installed("systemd-analyze", &["verify", path.to_str().unwrap_or_default()]) else {
         return;
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && !text.contains("ferry.service:"),
         "systemd-analyze verify:\n{text}"
     );
+}
+
+// ---- examples/deploy/kubernetes/ ----
+
+fn kubernetes_file(name: &str) -> String {
+    read(&deploy_dir().join("kubernetes").join(name))
+}
+
+/// The value of the first `key: value` line (any indentation) after `after` in `yaml`.
+fn yaml_value<'a>(yaml: &'a str, after: &str, key: &str) -> &'a str {
+    let start = yaml.find(after).unwrap_or_else(|| panic!("{after:?} not found"));
+    yaml[start..]
+        .lines()
+        .find_map(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .strip_prefix(&format!("{key}: "))
+        })
+        .map(|v| v.split(" #").next().unwrap_or(v).trim().trim_matches('"'))
+        .unwrap_or_else(|| panic!("no {key} after {after:?}"))
+}
+
+/// The ConfigMap's ferry.toml (the block under `ferry.toml: |`), parsed, and its text.
+fn configmap_ferry_toml() -> (toml::Table, String) {
+    let yaml = kubernetes_file("configmap.yaml");
+    let (_, block) = yaml
+        .split_once("  ferry.toml: |\n")
+        .unwrap_or_else(|| panic!("configmap.yaml has no ferry.toml"));
+    let text: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("configmap.yaml ferry.toml: {e}"));
+    (table, text)
+}
+
+fn toml_str<'a>(table: &'a toml::Table, path: &[&str]) -> &'a toml::Value {
+    let mut value = table
+        .get(path[0])
+        .unwrap_or_else(|| panic!("ferry.toml has no {path:?}"));
+    for key in &path[1..] {
+        value = value.get(key).unwrap_or_else(|| panic!("ferry.toml has no {path:?}"));
+    }
+    value
+}
+
+#[test]
+fn the_kubernetes_manifests_hold_together() {
+    let statefulset = kubernetes_file("statefulset.yaml");
+    let (ferry_toml, _) = configmap_ferry_toml();
+    for (file, kind) in [
+        ("statefulset.yaml", "StatefulSet"),
+        ("configmap.yaml", "ConfigMap"),
+        ("service.yaml", "Service"),
+        ("poddisruptionbudget.yaml", "PodDisruptionBudget"),
+        ("podmonitor.yaml", "PodMonitor"),
+    ] {
+        assert!(
+            kubernetes_file(file).contains(&format!("\nkind: {kind}\n")),
+            "{file}: not a {kind}"
+        );
+    }
+    assert!(
+        kubernetes_file("service.yaml").contains("clusterIP: None"),
+        "the Service must be headless"
+    );
+    assert_eq!(yaml_value(&statefulset, "spec:", "podManagementPolicy"), "Parallel");
+    assert_eq!(yaml_value(&statefulset, "spec:", "serviceName"), "ferry");
+
+    // The volume: one claim per pod, mounted where ferry.toml keeps its queues.
+    assert_eq!(yaml_value(&statefulset, "\n  volumeClaimTemplates:\n", "name"), "data");
+    let mount = yaml_value(&statefulset, "volumeMounts:\n            - name: data", "mountPath");
+    assert_eq!(
+        toml_str(&ferry_toml, &["data_dir"]).as_str(),
+        Some(mount),
+        "data_dir vs the volume"
+    );
+
+    // One shard per pod: auto from the pod's name, as many shards as replicas.
+    assert_eq!(toml_str(&ferry_toml, &["fleet", "shard"]).as_str(), Some("auto"));
+    let replicas: i64 = yaml_value(&statefulset, "spec:", "replicas").parse().unwrap_or(-1);
+    assert_eq!(toml_str(&ferry_toml, &["fleet", "shards"]).as_integer(), Some(replicas));
+
+    // Probes: paths the admin API serves, on the port ferry.toml's [admin] listens on.
+    let admin = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon/admin.rs"));
+    let probe_paths: Vec<&str> = statefulset
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("path: "))
+        .filter(|path| path.starts_with('/')) // not the volumes' item paths
+        .collect();
+    assert!(
+        probe_paths.contains(&"/livez") && probe_paths.contains(&"/readyz"),
+        "{probe_paths:?}"
+    );
+    for path in &probe_paths {
+        assert!(
+            admin.contains(&format!(".route(\"{path}\"")),
+            "the admin API does not serve {path}"
+        );
+    }
+    let port_of = |section: &str| {
+        let listen = toml_str(&ferry_toml, &[section, "listen"]).as_str().unwrap_or_default();
+        assert!(
+            listen.starts_with("0.0.0.0:"),
+            "[{section}] listen {listen:?} is not reachable in a pod"
+        );
+        listen.rsplit(':').next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        yaml_value(&statefulset, "- name: admin", "containerPort"),
+        port_of("admin")
+    );
+    assert_eq!(
+        yaml_value(&statefulset, "- name: metrics", "containerPort"),
+        port_of("metrics")
+    );
+    assert_eq!(
+        yaml_value(&kubernetes_file("podmonitor.yaml"), "podMetricsEndpoints:", "port"),
+        "metrics"
+    );
+    assert_eq!(
+        yaml_value(&kubernetes_file("podmonitor.yaml"), "podMetricsEndpoints:", "path"),
+        "/metrics"
+    );
+
+    // A clean stop: every link gets 15 s to close (link/supervisor.rs STOP_GRACE), then the flush.
+    let grace: u64 = yaml_value(&statefulset, "spec:", "terminationGracePeriodSeconds")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        grace >= 30,
+        "terminationGracePeriodSeconds {grace} does not cover a clean stop"
+    );
+}
+
+#[test]
+fn the_kubernetes_metric_names_exist() {
+    let defined = defined_metrics();
+    let mut used = Vec::new();
+    for file in ["podmonitor.yaml", "statefulset.yaml", "configmap.yaml", "README.md"] {
+        // "ferry_.*" (a regex of all of them) is not a name.
+        used.extend(
+            metric_names(&kubernetes_file(file))
+                .into_iter()
+                .filter(|n| !n.ends_with('_')),
+        );
+    }
+    assert!(used.iter().any(|n| n == "ferry_fleet_shard"), "{used:?}");
+    let unknown: Vec<&String> = used.iter().filter(|n| !defined.contains(n)).collect();
+    assert!(unknown.is_empty(), "metrics not defined in src/metrics.rs: {unknown:?}");
+}
+
+#[test]
+fn ferry_check_accepts_the_configmaps_ferry_toml() {
+    let (_, text) = configmap_ferry_toml();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check", "--config", path.to_str().unwrap_or_default()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said = output_text(&out);
+    assert!(
+        out.status.success(),
+        "ferry check refuses the ConfigMap's ferry.toml:\n{said}"
+    );
+    assert!(said.contains("fleet     3 shards"), "{said}");
 }

@@ -122,7 +122,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 /// The `ferry status` table for a `/v1/status` reply.
 pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
     let mut out = format!(
-        "ferry {} (pid {}), up {}, {}\nconfig {}  data_dir {}\n\n",
+        "ferry {} (pid {}), up {}, {}\nconfig {}  data_dir {}{}\n\n",
         view.version,
         view.pid,
         format_age(view.uptime_secs as f64),
@@ -132,6 +132,9 @@ pub fn render_status(view: &ProcessView, now_ms: u64) -> String {
         },
         view.config,
         view.data_dir,
+        view.shard
+            .as_ref()
+            .map_or(String::new(), |shard| format!("  {}", shard.describe())),
     );
     let mut rows = vec![[
         "LINK",

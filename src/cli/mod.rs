@@ -45,11 +45,16 @@ enum Command {
     /// Validate a configuration and print the links and routes ferry understood.
     ///
     /// Exits 1 with `file:line:column: what is wrong` on a bad file. Starts
-    /// nothing and touches no broker or data_dir.
+    /// nothing and touches no broker or data_dir. With [fleet], also prints
+    /// each shard's links.
     Check {
         /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Also print which links move from a fleet of OLD shards to the
+        /// configured [fleet] shards (before changing the number of instances).
+        #[arg(long, value_name = "OLD", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::fleet::MAX_SHARDS)))]
+        from_shards: Option<u32>,
     },
     /// Show every link of a running ferry: state, queues, last error.
     ///
@@ -330,9 +335,12 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let report: ReloadReport = reply.parse().map_err(anyhow::Error::msg)?;
             println!("reloaded. {}", report.summary());
         }
-        Command::Check { config } => {
+        Command::Check { config, from_shards } => {
             let cfg = load(&config)?;
             print!("{}", cfg.summary());
+            if let Some(old) = from_shards {
+                print!("\n{}", cfg.shard_moves(old));
+            }
             println!("{}: OK", config.display());
         }
         Command::Queue(command) => queue(command)?,

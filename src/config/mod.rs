@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bridge::pace::Rates;
+use crate::fleet::FleetConfig;
 use crate::names::{self, Direction};
 use crate::secret::Secret;
 use crate::store::{MaxBytes, Overflow};
@@ -82,6 +83,8 @@ pub struct Config {
     pub(crate) admin: AdminConfig,
     pub(crate) hub: HubConfig,
     pub(crate) links: Vec<LinkConfig>,
+    /// `[fleet]`: which links this process runs (see [`crate::fleet`]).
+    pub(crate) fleet: FleetConfig,
 }
 
 /// The admin API (JSON over HTTP): status, link control, reload.

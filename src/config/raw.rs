@@ -24,6 +24,15 @@ pub(super) struct RawConfig {
     pub(super) defaults: RawTuning,
     #[serde(default)]
     pub(super) links: Vec<Spanned<RawLink>>,
+    pub(super) fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: `shard` is a number or "auto", checked in validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) shards: Spanned<i64>,
+    pub(super) shard: Spanned<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]

@@ -4,6 +4,7 @@
 use super::values::format_size;
 use super::Config;
 use crate::cli::render::format_bytes;
+use crate::fleet::{describe_moves, shard_of, ShardSetting, SHARD_ENV};
 use crate::secret::Secret;
 use crate::store::{MaxBytes, DEFAULT_RESERVE_BYTES};
 
@@ -43,14 +44,21 @@ impl Config {
             self.links.len(),
             if self.links.len() == 1 { "" } else { "s" }
         ));
+        for text in self.fleet_summary() {
+            line(text);
+        }
         for link in &self.links {
             line(String::new());
             line(format!(
-                "link {}  {}:{}  {}",
+                "link {}  {}:{}  {}{}",
                 link.name,
                 link.host,
                 link.port,
-                if link.enabled { "enabled" } else { "disabled" }
+                if link.enabled { "enabled" } else { "disabled" },
+                match self.fleet.is_sharded() {
+                    true => format!("  shard {}", shard_of(&link.name, self.fleet.shards)),
+                    false => String::new(),
+                }
             ));
             line(format!(
                 "  client ids  edge {:?}, hub {:?}{}",
@@ -118,6 +126,47 @@ impl Config {
                 None => "budget auto: cannot measure the filesystem of data_dir yet (computed at start)".to_owned(),
             },
         }
+    }
+
+    /// With `[fleet]`: the layout and each shard's links (nothing otherwise).
+    fn fleet_summary(&self) -> Vec<String> {
+        let fleet = &self.fleet;
+        if !fleet.is_sharded() {
+            return Vec::new();
+        }
+        let mut lines = vec![format!(
+            "fleet     {} shards, this instance: {}",
+            fleet.shards,
+            match fleet.shard {
+                ShardSetting::Index(index) => format!("shard {index}"),
+                ShardSetting::Auto => format!("shard \"auto\" (${SHARD_ENV}, else the hostname's \"-<number>\")"),
+            }
+        )];
+        for shard in 0..fleet.shards {
+            let links: Vec<&str> = self
+                .links
+                .iter()
+                .map(|link| link.name.as_str())
+                .filter(|name| shard_of(name, fleet.shards) == shard)
+                .collect();
+            lines.push(format!(
+                "  shard {shard}: {} link{}{}{}",
+                links.len(),
+                if links.len() == 1 { "" } else { "s" },
+                if links.is_empty() { "" } else { ": " },
+                links.join(", ")
+            ));
+        }
+        lines
+    }
+
+    /// What `ferry check --from-shards OLD` adds: the links that change shard.
+    pub fn shard_moves(&self, old_shards: u32) -> String {
+        describe_moves(
+            self.links.iter().map(|l| l.name.as_str()),
+            old_shards,
+            self.fleet.shards,
+        )
     }
 }
 

@@ -855,3 +855,77 @@ fn bridge_loops_through_templates_are_rejected() {
     );
     parse(&fine).unwrap();
 }
+
+// ---- [fleet] ----
+
+#[test]
+fn fleet_keys_parse_and_default_to_one_shard() {
+    assert_eq!(parse(MINIMAL_LINK).unwrap().fleet, crate::fleet::FleetConfig::default());
+    let fleet = parse(&format!("{MINIMAL_LINK}[fleet]\nshards = 3\nshard = \"auto\"\n"))
+        .unwrap()
+        .fleet;
+    assert_eq!((fleet.shards, fleet.shard), (3, crate::fleet::ShardSetting::Auto));
+    assert_eq!(fleet.shard_at.as_deref(), Some("file.toml:11"));
+    let fleet = parse(&format!("{MINIMAL_LINK}[fleet]\nshards = 3\nshard = 2\n"))
+        .unwrap()
+        .fleet;
+    assert_eq!(fleet.shard, crate::fleet::ShardSetting::Index(2));
+}
+
+#[test]
+fn fleet_errors_name_their_line() {
+    let with = |keys: &str| format!("{MINIMAL_LINK}[fleet]\n{keys}");
+    assert_error(
+        &with("shards = 0\nshard = 0\n"),
+        10,
+        "[fleet] shards must be between 1 and 4096",
+    );
+    assert_error(
+        &with("shards = 3\nshard = 3\n"),
+        11,
+        "a number from 0 to 2 (shards = 3), got 3",
+    );
+    assert_error(&with("shards = 3\nshard = \"ferry-1\"\n"), 11, "must be \"auto\"");
+    assert_error(&with("shards = 3\nshard = -1\n"), 11, "got -1");
+    assert_error(
+        &with("shards = 3\nshard = 1\nreplicas = 3\n"),
+        12,
+        "unknown field `replicas`",
+    );
+    let missing = parse(&with("shards = 3\n")).unwrap_err().to_string();
+    assert!(missing.contains("missing field `shard`"), "{missing}");
+}
+
+#[test]
+fn summary_lists_each_shards_links() {
+    let mut text = String::from("data_dir = \"/q\"\n[fleet]\nshards = 3\nshard = \"auto\"\n");
+    for i in 0..6 {
+        text.push_str(&format!(
+            "[[links]]\nname = \"edge{i}\"\nhost = \"h\"\n[[links.routes]]\ndirection = \"out\"\nlocal = \"e/{i}/#\"\nremote = \"d/#\"\n"
+        ));
+    }
+    let config = parse(&text).unwrap();
+    let summary = config.summary();
+    // The pinned layout (src/fleet.rs): edge0 0, edge1 1, edge2 0, edge3 1, edge4 1, edge5 0.
+    for expected in [
+        "fleet     3 shards, this instance: shard \"auto\"",
+        "  shard 0: 3 links: edge0, edge2, edge5\n",
+        "  shard 1: 3 links: edge1, edge3, edge4\n",
+        "  shard 2: 0 links\n",
+        "link edge4  h:1883  enabled  shard 1\n",
+    ] {
+        assert!(summary.contains(expected), "{expected:?} missing from:\n{summary}");
+    }
+    let moves = config.shard_moves(2);
+    assert!(moves.starts_with("from 2 to 3 shards: 0 of 6 links move"), "{moves}");
+    assert!(parse(MINIMAL_LINK).unwrap().summary().find("shard").is_none());
+}
+
+#[test]
+fn a_reload_cannot_change_the_fleet() {
+    let one = parse(MINIMAL_LINK).unwrap();
+    let three = parse(&format!("{MINIMAL_LINK}[fleet]\nshards = 3\nshard = \"auto\"\n")).unwrap();
+    let refused = crate::daemon::control::plan_reload(&one, &three).unwrap_err();
+    assert!(refused.starts_with("[fleet] changed (shards = 1"), "{refused}");
+    assert!(crate::daemon::control::plan_reload(&three, &three.clone()).is_ok());
+}

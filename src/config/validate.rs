@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{line_of, Problem};
-use super::raw::{RawConfig, RawLink, RawRoute, RawTuning};
+use super::raw::{RawConfig, RawFleet, RawLink, RawRoute, RawTuning};
 use super::values::{
     credentials, format_size, integer_in, is_valid_link_name, listen_address, max_bytes_value, name_value, non_empty,
     parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
@@ -24,6 +24,7 @@ use super::{
     MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
+use crate::fleet::{self, FleetConfig, ShardSetting};
 use crate::names::{self, Direction};
 use crate::store::{MaxBytes, Overflow};
 use crate::topic::{self, TopicMap};
@@ -560,6 +561,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     if let Some(hub_client_id) = &hub_client_id {
         check_names_and_client_ids(text, &raw.links, hub_client_id, &mut problems);
     }
+    let fleet = validate_fleet(text, raw.fleet.as_ref(), source, &mut problems);
     let links: Vec<Option<LinkConfig>> = raw
         .links
         .iter()
@@ -596,5 +598,48 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
             state_topic: state_topic.ok_or_else(incomplete)?,
         },
         links: links.into_iter().collect::<Option<Vec<_>>>().ok_or_else(incomplete)?,
+        fleet: fleet.ok_or_else(incomplete)?,
+    })
+}
+
+// ---- [fleet] (see crate::fleet) ----
+
+/// `[fleet] shards = N` (1 or more) and `shard = K` (below N) or `"auto"`.
+/// Without the section: one shard, every link runs here.
+fn validate_fleet(text: &str, raw: Option<&RawFleet>, source: &Path, problems: &mut Problems) -> Option<FleetConfig> {
+    let Some(raw) = raw else {
+        return Some(FleetConfig::default());
+    };
+    let max = i64::from(fleet::MAX_SHARDS);
+    let shards = problems.take(integer_in(
+        "[fleet] shards",
+        &raw.shards,
+        1..=max,
+        " (instances in the fleet)",
+    ))?;
+    let shards = u32::try_from(shards).ok()?;
+    let shard = match raw.shard.get_ref() {
+        toml::Value::String(text) if text == "auto" => ShardSetting::Auto,
+        toml::Value::Integer(index) if (0..i64::from(shards)).contains(index) => {
+            ShardSetting::Index(u32::try_from(*index).ok()?)
+        }
+        value => {
+            problems.push(Problem::at(
+                raw.shard.span(),
+                format!(
+                    "[fleet] shard must be \"auto\" (from FERRY_SHARD or the hostname's \"-<number>\") or a \
+                     number from 0 to {} (shards = {shards}), got {value}",
+                    shards - 1
+                ),
+            ));
+            return None;
+        }
+    };
+    let at = |span: std::ops::Range<usize>| Some(fleet::place(source, line_of(text, &span)));
+    Some(FleetConfig {
+        shards,
+        shard,
+        shards_at: at(raw.shards.span()),
+        shard_at: at(raw.shard.span()),
     })
 }

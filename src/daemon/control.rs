@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bridge::pace::{PaceView, RateChange};
 use crate::config::{Config, LinkConfig};
+use crate::fleet::ShardView;
 use crate::link::status::{LinkStatus, LinkView};
 use crate::link::supervisor::Command;
 
@@ -133,6 +134,10 @@ pub fn plan_reload(old: &Config, new: &Config) -> Result<ReloadReport, String> {
     if old.admin.listen != new.admin.listen {
         return restart_needed("[admin] listen", addr(old.admin.listen), addr(new.admin.listen));
     }
+    if old.fleet.shards != new.fleet.shards || old.fleet.shard != new.fleet.shard {
+        let layout = |c: &Config| format!("shards = {}, shard = {:?}", c.fleet.shards, c.fleet.shard);
+        return restart_needed("[fleet]", layout(old), layout(new));
+    }
     let hub_changed = old.hub != new.hub;
     let mut report = ReloadReport::default();
     for link in &new.links {
@@ -161,6 +166,9 @@ pub struct ProcessView {
     pub ready: bool,
     /// Why ferry is not ready, when it is not.
     pub not_ready: Option<String>,
+    /// This process's shard, when the config has a `[fleet]` of more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardView>,
     pub links: Vec<LinkView>,
 }
 
@@ -171,17 +179,20 @@ pub struct Control {
     not_ready: Mutex<Option<String>>,
     config_path: String,
     data_dir: String,
+    /// Which links this process runs (all of them without a `[fleet]`).
+    shard: ShardView,
     reload: mpsc::Sender<ReloadRequest>,
 }
 
 impl Control {
-    pub fn new(config: &Config, reload: mpsc::Sender<ReloadRequest>) -> Arc<Control> {
+    pub fn new(config: &Config, shard: ShardView, reload: mpsc::Sender<ReloadRequest>) -> Arc<Control> {
         Arc::new(Control {
             started: Instant::now(),
             links: Mutex::new(BTreeMap::new()),
             not_ready: Mutex::new(Some("starting: opening the store".to_string())),
             config_path: config.source.display().to_string(),
             data_dir: config.data_dir.display().to_string(),
+            shard,
             reload,
         })
     }
@@ -192,6 +203,11 @@ impl Control {
 
     pub fn set_ready(&self, not_ready: Option<String>) {
         *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = not_ready;
+    }
+
+    /// This process's shard of the fleet.
+    pub fn shard(&self) -> &ShardView {
+        &self.shard
     }
 
     pub fn not_ready(&self) -> Option<String> {
@@ -260,6 +276,7 @@ impl Control {
             data_dir: self.data_dir.clone(),
             ready: not_ready.is_none(),
             not_ready,
+            shard: (self.shard.shards > 1).then(|| self.shard.clone()),
             links: self.links().values().map(|h| h.status.view()).collect(),
         }
     }

@@ -31,21 +31,29 @@ use crate::store::{dir_size, free_bytes, QueueLimits, Store};
 /// again: room for sled's next segments and a few batches.
 const REOPEN_MIN_FREE_BYTES: u64 = 8 * 1024 * 1024;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    // [fleet]: this process runs only its shard's links (see crate::fleet).
+    let shard = crate::fleet::resolve(&config.fleet).map_err(anyhow::Error::msg)?;
+    let all_links: Vec<String> = config.links.iter().map(|l| l.name.clone()).collect();
+    config.links.retain(|link| shard.owns(&link.name));
     crate::metrics::install(config.metrics.listen)?;
+    metrics::gauge!(crate::metrics::FLEET_SHARD, "shards" => shard.shards.to_string()).set(f64::from(shard.index));
+    if config.fleet.is_sharded() {
+        tracing::info!(shard = shard.index, shards = shard.shards, from = %shard.from, links = config.links.len(), of = all_links.len(), "fleet: running this shard's links");
+    }
     let shutdown = CancellationToken::new();
     crate::daemon::signals::cancel_on_signal(shutdown.clone()).context("cannot install signal handlers")?;
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
-    let control = Control::new(&config, reload_tx.clone());
+    let control = Control::new(&config, shard.clone(), reload_tx.clone());
     if let Some(addr) = config.admin.listen {
         crate::daemon::admin::serve(addr, control.clone(), shutdown.clone()).await?;
     }
     crate::daemon::signals::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
-    let mut config = config;
 
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
     let mut store = open_store(&config.data_dir, config.store_cache_bytes).await?;
+    crate::fleet::check_foreign_queues(&shard, all_links.iter().map(String::as_str), &store)?;
     apply_budget(&store, &config);
     control.set_ready(None);
     for link in config.links.iter().filter(|l| !l.enabled) {
@@ -249,6 +257,8 @@ async fn reload(
         .await
         .map_err(|e| ReloadError::Internal(format!("reading the config failed: {e}")))?
         .map_err(|e| ReloadError::Config(e.to_string()))?;
+    let mut new = new;
+    new.links.retain(|link| control.shard().owns(&link.name));
     let report = plan_reload(config, &new).map_err(ReloadError::Config)?;
     let mut stopping = Vec::new();
     for name in report.removed.iter().chain(&report.changed) {

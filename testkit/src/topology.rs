@@ -44,15 +44,29 @@ impl Topology {
 
     /// The config with link `i` pointing at `edge_port(i)` (e.g. a proxy).
     pub fn config_with_ports(&self, edge_port: impl Fn(usize) -> u16) -> String {
-        let mut c = format!(
+        let mut c = self.config_head(self.data.path(), self.metrics_port, self.admin_port);
+        c.push_str(&self.links_toml(edge_port));
+        c
+    }
+
+    /// The config before the links: `data_dir`, `[metrics]` and `[admin]`
+    /// listen on the given ports, `[hub]`, `[defaults]` (with `extra`).
+    /// A fleet test runs several ferries, each with its own head and the same links.
+    pub fn config_head(&self, data_dir: &Path, metrics_port: u16, admin_port: u16) -> String {
+        format!(
             "data_dir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[hub]\nhost = \"127.0.0.1\"\nport = {}\n[defaults]\nkeepalive_secs = {}\nreconnect_max_ms = 1000\ninflight = 200\n{}\n",
-            self.data.path().display(),
-            self.metrics_port,
-            self.admin_port,
+            data_dir.display(),
+            metrics_port,
+            admin_port,
             self.hub.port(),
             self.keepalive_secs,
             self.extra
-        );
+        )
+    }
+
+    /// The `[[links]]` of the config, link `i` pointing at `edge_port(i)`.
+    pub fn links_toml(&self, edge_port: impl Fn(usize) -> u16) -> String {
+        let mut c = String::new();
         for i in 0..self.edges.len() {
             c.push_str(&format!(
                 "[[links]]\nname = \"edge{i}\"\nhost = \"127.0.0.1\"\nport = {}\n\
