@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, LinkConfig};
 use crate::link::status::{LinkStatus, LinkView};
 use crate::link::supervisor::Command;
+use crate::secret::Secret;
 
 /// The handles of one configured link.
 #[derive(Clone)]
@@ -162,6 +163,8 @@ pub struct Control {
     config_path: String,
     data_dir: String,
     reload: mpsc::Sender<ReloadRequest>,
+    /// The admin API's bearer token ([admin] token_file), read again on reload.
+    admin_token: Mutex<Option<Secret>>,
 }
 
 impl Control {
@@ -173,11 +176,21 @@ impl Control {
             config_path: config.source.display().to_string(),
             data_dir: config.data_dir.display().to_string(),
             reload,
+            admin_token: Mutex::new(config.admin.token.clone()),
         })
     }
 
     fn links(&self) -> MutexGuard<'_, BTreeMap<String, LinkHandle>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The token the admin API asks for, if any.
+    pub fn admin_token(&self) -> Option<Secret> {
+        self.admin_token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_admin_token(&self, token: Option<Secret>) {
+        *self.admin_token.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     pub fn set_ready(&self, not_ready: Option<String>) {

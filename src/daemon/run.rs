@@ -38,6 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::daemon::admin::serve(addr, control.clone(), shutdown.clone()).await?;
     }
     crate::daemon::signals::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
+    log_warnings(&config);
     let mut config = config;
 
     // The first open decides whether ferry can start at all: a store in use
@@ -254,12 +255,21 @@ async fn reload(
         tracing::info!(link = %name, "link removed by reload; its queues stay on disk (ferry queue purge deletes them)");
     }
     *config = new;
+    control.set_admin_token(config.admin.token.clone());
+    log_warnings(config);
     for name in report.added.iter().chain(&report.changed) {
         if let Some(link) = config.links.iter().find(|l| &l.name == name) {
             start_link(link, &config.hub, store, generation, control, running);
         }
     }
     Ok(report)
+}
+
+/// What `ferry check` would warn about, one log line each (at start and on reload).
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!("config warning: {warning}");
+    }
 }
 
 /// Waits until the filesystem of `dir` has room to write again.
