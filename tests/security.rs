@@ -184,7 +184,7 @@ fn an_admin_api_off_loopback_without_a_token_refuses_to_start() {
         .unwrap()
         + 1;
     for command in ["run", "check"] {
-        let out = run_ferry(FERRY, &[command, "--config", path.to_str().unwrap()]);
+        let out = run_ferry_bounded(FERRY, &[command, "--config", path.to_str().unwrap()], LONG);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {}", output_text(&out));
         assert!(

@@ -63,7 +63,7 @@ mod wait;
 
 pub use broker::{Broker, MAX_INFLIGHT};
 pub use disk::{dir_size, free_bytes};
-pub use ferry::{run_ferry, scrape_addr, Ferry};
+pub use ferry::{run_ferry, run_ferry_bounded, scrape_addr, Ferry};
 pub use http::{http_request, HttpReply};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
