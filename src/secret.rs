@@ -20,6 +20,21 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `candidate` is this secret, in time that depends only on the
+    /// lengths (for checking a token a client sent without telling it, by
+    /// how fast the answer comes, how much of it was right).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        if secret.len() != candidate.len() {
+            return false;
+        }
+        let difference = secret
+            .iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)));
+        difference == 0
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -43,5 +58,15 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret} {:?}", Some(&secret)), "*** *** Some(***)");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn matches_only_the_same_bytes() {
+        let secret = Secret::new("s3cret-token");
+        assert!(secret.matches(b"s3cret-token"));
+        assert!(!secret.matches(b"s3cret-tokeN"));
+        assert!(!secret.matches(b"s3cret-toke"));
+        assert!(!secret.matches(b"s3cret-token "));
+        assert!(!secret.matches(b""));
     }
 }

@@ -373,6 +373,38 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
             11,
             "loop",
         ),
+        (
+            "url host",
+            format!("{base}{}", link("a", "a/#", "b/#"))
+                .replace("host = \"127.0.0.1\"", "host = \"mqtt://127.0.0.1:1884\""),
+            6,
+            "write host = \"127.0.0.1\" and port = 1884",
+        ),
+        (
+            "shared subscription",
+            format!("{base}{}", link("a", "$share/g/a/#", "b/#")),
+            9,
+            "shared subscription",
+        ),
+        (
+            "loop across links",
+            format!(
+                "{base}{}[[links]]\nname = \"b\"\nhost = \"127.0.0.1\"\n[[links.routes]]\ndirection = \"in\"\n\
+                 remote = \"x/#\"\nlocal = \"b/#\"\n",
+                link("a", "a/#", "x/#")
+            ),
+            14,
+            "(link \"b\") form a bridge loop through the edge broker 127.0.0.1:1883",
+        ),
+        (
+            "password env unset",
+            format!("{base}{}", link("a", "a/#", "b/#")).replace(
+                "host = \"127.0.0.1\"\n",
+                "host = \"127.0.0.1\"\nusername = \"u\"\npassword_env = \"FERRY_TEST_NEVER_SET\"\n",
+            ),
+            8,
+            "FERRY_TEST_NEVER_SET is not set",
+        ),
     ];
     for (what, text, line, needle) in cases {
         let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
@@ -409,6 +441,27 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
     assert!(
         stdout.contains("edge1") && stdout.contains("edge/1/down/#") && stdout.contains("down/#"),
         "{stdout}"
+    );
+    // An inline password is accepted with a warning line, and never shown.
+    let inline = dir.path().join("inline.toml");
+    let text = format!("{base}{}", link("edge1", "edge/1/down/#", "down/#")).replace(
+        "host = \"127.0.0.1\"\n",
+        "host = \"127.0.0.1\"\nusername = \"u\"\npassword = \"pw-inline-Q8\"\n",
+    );
+    std::fs::write(&inline, text).unwrap();
+    let out = run_ferry(FERRY, &["check", "--config", inline.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: {}:8:", inline.display())) && stderr.contains("prefer password_file"),
+        "{stderr}"
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("pw-inline-Q8"),
+        "{stdout}{stderr}"
     );
 }
 

@@ -360,6 +360,14 @@ fn ferry_check_accepts_the_configmaps_ferry_toml() {
     let (_, text) = configmap_ferry_toml();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("ferry.toml");
+    // The token the pod gets from its Secret: here a file of the test's.
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "a-token-for-the-check\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.contains("token_file = \"/etc/ferry/admin.token\""),
+        "the admin API off loopback needs its token"
+    );
+    let text = text.replace("/etc/ferry/admin.token", &token.display().to_string());
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["check", "--config", path.to_str().unwrap_or_default()])

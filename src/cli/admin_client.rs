@@ -1,6 +1,6 @@
 //! The client side of the admin API, for `ferry status`, `ferry link ...`
-//! and `ferry reload`: one HTTP/1.1 request on loopback, and the table a
-//! person reads at a glance.
+//! and `ferry reload`: one HTTP/1.1 request (with the bearer token when the
+//! ferry has one), and the table a person reads at a glance.
 //!
 //! A hand-written request over `std::net::TcpStream` is enough here (one
 //! request, `Connection: close`, JSON back) and keeps an HTTP client stack
@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::daemon::control::{ErrorReply, ProcessView};
 use crate::link::status::State;
 use crate::names::Direction;
+use crate::secret::Secret;
 
 /// Where `ferry status` finds the admin API of the ferry that runs `config`.
 pub fn admin_address(config: &Config) -> Result<SocketAddr, String> {
@@ -64,8 +65,9 @@ impl Reply {
     }
 }
 
-/// Sends one request and reads the whole reply.
-pub fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Reply, String> {
+/// Sends one request (with `Authorization: Bearer` when given a token) and
+/// reads the whole reply.
+pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&Secret>) -> Result<Reply, String> {
     let not_running = |e: std::io::Error| {
         format!(
             "cannot reach ferry's admin API at http://{addr} ({e}): is ferry running with this config? \
@@ -76,7 +78,12 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Reply, Stri
     let timeout = Some(Duration::from_secs(90));
     stream.set_read_timeout(timeout).map_err(not_running)?;
     stream.set_write_timeout(timeout).map_err(not_running)?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let authorization = token.map_or(String::new(), |token| {
+        format!("Authorization: Bearer {}\r\n", token.expose())
+    });
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).map_err(not_running)?;
     let mut raw = Vec::new();
     stream

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, Passwords};
 use crate::daemon::control::{ProcessView, RateReply, ReloadReport};
 use crate::link::supervisor::Command as LinkCommand;
 use crate::names::Direction;
@@ -127,6 +127,11 @@ struct AdminTarget {
     /// The admin API address instead, like 127.0.0.1:9465.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// The file with the admin API's bearer token (the [admin] token_file
+    /// of the running ferry). With --config, that file's token_file is used
+    /// unless this is given.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// `ferry link ACTION`: the supervisor's actions, and `rate` (the drain
@@ -337,6 +342,9 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, from_shards } => {
             let cfg = load(&config)?;
+            for warning in &cfg.warnings {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", cfg.summary());
             if let Some(old) = from_shards {
                 print!("\n{}", cfg.shard_moves(old));
@@ -345,7 +353,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue(command) => queue(command)?,
         Command::Store(StoreCommand::Quarantine { config }) => {
-            let cfg = load(&config)?;
+            let cfg = load_without_passwords(&config)?;
             // A StoreError's message already ends with its cause: print it once.
             let aside = crate::store::quarantine(&cfg.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
@@ -371,6 +379,12 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Like [`load`] for commands that connect to no broker: the broker
+/// passwords are not read, so they run without ferry's environment.
+fn load_without_passwords(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load_with(path, Passwords::Skip)?)
+}
+
 fn queue(command: QueueCommand) -> anyhow::Result<()> {
     let config = match &command {
         QueueCommand::Stats { config, .. }
@@ -378,7 +392,7 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
         | QueueCommand::Export { config, .. }
         | QueueCommand::Purge { config, .. } => config,
     };
-    let cfg = load(config)?;
+    let cfg = load_without_passwords(config)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match command {
@@ -416,12 +430,25 @@ fn init_logging() {
 
 /// One admin API request; a reply that is not a success is an error.
 fn admin_call(target: &AdminTarget, method: &str, path: &str) -> anyhow::Result<admin_client::Reply> {
-    let addr = match (&target.admin, &target.config) {
-        (Some(addr), _) => *addr,
-        (None, Some(config)) => admin_client::admin_address(&load(config)?).map_err(anyhow::Error::msg)?,
+    let config = match (&target.admin, &target.config) {
+        (Some(_), _) => None,
+        (None, Some(config)) => Some(load_without_passwords(config)?),
         (None, None) => return Err(Usage("give --config FILE or --admin ADDR").into()),
     };
-    let reply = admin_client::request(addr, method, path).map_err(anyhow::Error::msg)?;
+    let addr = match (&target.admin, &config) {
+        (Some(addr), _) => *addr,
+        (None, Some(config)) => admin_client::admin_address(config).map_err(anyhow::Error::msg)?,
+        (None, None) => return Err(Usage("give --config FILE or --admin ADDR").into()),
+    };
+    let token = match (&target.token_file, &config) {
+        (Some(file), _) => Some(
+            crate::config::token_from_file(file)
+                .map_err(|why| anyhow::anyhow!("--token-file {}: {why}", file.display()))?,
+        ),
+        (None, Some(config)) => config.admin.token.clone(),
+        (None, None) => None,
+    };
+    let reply = admin_client::request(addr, method, path, token.as_ref()).map_err(anyhow::Error::msg)?;
     if !reply.ok() {
         anyhow::bail!("{}", reply.error_text());
     }

@@ -7,6 +7,7 @@
 //! - `raw`: the file as written (serde types that keep every value's span),
 //! - `values`: parsers of single values (sizes, ports, listen addresses, ...),
 //! - `validate`: the checks across values (defaults, bridge loops, client ids),
+//! - `secrets`: passwords and the admin token read from files or the environment,
 //! - `error`: [`ConfigError`], which names `file:line:column`,
 //! - `summary`: the text `ferry check` prints.
 //!
@@ -22,6 +23,7 @@
 
 mod error;
 mod raw;
+mod secrets;
 mod summary;
 mod validate;
 mod values;
@@ -42,6 +44,7 @@ use crate::store::{MaxBytes, Overflow};
 use crate::topic::TopicMap;
 
 pub use error::ConfigError;
+pub(crate) use secrets::{token_from_file, PasswordSource, Passwords};
 pub(crate) use values::{parse_drain_bytes_rate, parse_drain_rate};
 
 use error::{line_and_column, Problem};
@@ -85,6 +88,10 @@ pub struct Config {
     pub(crate) links: Vec<LinkConfig>,
     /// `[fleet]`: which links this process runs (see [`crate::fleet`]).
     pub(crate) fleet: FleetConfig,
+    /// What the file does that works but should change (an inline password,
+    /// a secret file others can read, a long client id): `ferry check`
+    /// prints them, `ferry run` logs them. Each displays like an error.
+    pub(crate) warnings: Vec<ConfigError>,
 }
 
 /// The admin API (JSON over HTTP): status, link control, reload.
@@ -92,6 +99,9 @@ pub struct Config {
 pub(crate) struct AdminConfig {
     /// Where the admin API listens; None when `listen = "off"`.
     pub listen: Option<SocketAddr>,
+    /// The bearer token every request but the probes must carry (from
+    /// `token_file`); required when `listen` is not a loopback address.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,7 @@ pub struct HubConfig {
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Secret>,
+    pub(crate) password_source: Option<PasswordSource>,
     /// The retained state topic pattern ("{link}" is replaced by the
     /// link's name); None when `state_topic = "off"`.
     pub(crate) state_topic: Option<String>,
@@ -124,6 +135,7 @@ pub struct LinkConfig {
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Secret>,
+    pub(crate) password_source: Option<PasswordSource>,
     pub(crate) enabled: bool,
     pub(crate) keepalive: Duration,
     pub(crate) reconnect_min: Duration,
@@ -255,18 +267,29 @@ impl Config {
         crate::store::BudgetLimits::resolve(self.store_max_bytes, self.store_reserve_bytes, &self.data_dir)
     }
 
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`, and the secrets it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, Passwords::Read)
+    }
+
+    /// Like [`Config::load`]; with [`Passwords::Skip`] the broker passwords
+    /// it names are not read (for commands that connect to no broker).
+    pub(crate) fn load_with(path: &Path, passwords: Passwords) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
             path: path.to_path_buf(),
             position: None,
             message: format!("cannot read the config file: {error}"),
         })?;
-        Config::parse(&text, path)
+        Config::parse_with(&text, path, passwords)
     }
 
-    /// Parses and validates config text; `source` names the file in errors.
+    /// Parses and validates config text; `source` names the file in errors
+    /// (and relative secret files are found beside it).
     pub(crate) fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source, Passwords::Read)
+    }
+
+    fn parse_with(text: &str, source: &Path, passwords: Passwords) -> Result<Config, ConfigError> {
         let error_at = |problem: Problem| ConfigError {
             path: source.to_path_buf(),
             position: problem.offset.map(|offset| line_and_column(text, offset)),
@@ -278,6 +301,8 @@ impl Config {
                 message: error.message().replace("expected i64", "expected an integer"),
             })
         })?;
-        validate(text, raw, source).map_err(error_at)
+        let (mut config, warnings) = validate(text, raw, source, passwords).map_err(error_at)?;
+        config.warnings = warnings.into_iter().map(error_at).collect();
+        Ok(config)
     }
 }

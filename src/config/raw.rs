@@ -17,7 +17,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) metrics: RawMetrics,
     #[serde(default)]
-    pub(super) admin: RawMetrics,
+    pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) hub: RawHub,
     #[serde(default)]
@@ -43,12 +43,30 @@ pub(super) struct RawMetrics {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+}
+
+/// The credential keys of one connection (`[hub]` or a link): a username
+/// and at most one of the three ways to give its password.
+pub(super) struct RawCredentials<'a> {
+    pub(super) username: &'a Option<Spanned<String>>,
+    pub(super) password: &'a Option<Spanned<String>>,
+    pub(super) password_file: &'a Option<Spanned<String>>,
+    pub(super) password_env: &'a Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawHub {
     pub(super) host: Option<Spanned<String>>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<String>>,
     pub(super) state_topic: Option<Spanned<String>>,
 }
 
@@ -79,6 +97,8 @@ pub(super) struct RawLink {
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<String>>,
     pub(super) enabled: Option<bool>,
     #[serde(default)]
     pub(super) routes: Vec<Spanned<RawRoute>>,
@@ -98,7 +118,27 @@ pub(super) struct RawLink {
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
 }
 
+impl RawHub {
+    pub(super) fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            username: &self.username,
+            password: &self.password,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+        }
+    }
+}
+
 impl RawLink {
+    pub(super) fn credentials(&self) -> RawCredentials<'_> {
+        RawCredentials {
+            username: &self.username,
+            password: &self.password,
+            password_file: &self.password_file,
+            password_env: &self.password_env,
+        }
+    }
+
     pub(super) fn tuning(&self) -> RawTuning {
         RawTuning {
             keepalive_secs: self.keepalive_secs.clone(),

@@ -1,11 +1,11 @@
 //! The text `ferry check` prints: everything ferry understood from the file,
-//! with defaults filled in and passwords left out.
+//! with defaults filled in and secrets left out (it says where each comes
+//! from, never what it is).
 
 use super::values::format_size;
-use super::Config;
+use super::{Config, PasswordSource};
 use crate::cli::render::format_bytes;
 use crate::fleet::{describe_moves, shard_of, ShardSetting, SHARD_ENV};
-use crate::secret::Secret;
 use crate::store::{MaxBytes, DEFAULT_RESERVE_BYTES};
 
 impl Config {
@@ -24,7 +24,14 @@ impl Config {
             None => "metrics   off".to_owned(),
         });
         line(match self.admin.listen {
-            Some(address) => format!("admin     http://{address}/v1/links"),
+            Some(address) => format!(
+                "admin     http://{address}/v1/links{}",
+                if self.admin.token.is_some() {
+                    "  (bearer token required, from token_file)"
+                } else {
+                    ""
+                }
+            ),
             None => "admin     off".to_owned(),
         });
         let hub = &self.hub;
@@ -33,7 +40,7 @@ impl Config {
             hub.host,
             hub.port,
             hub.client_id,
-            describe_credentials(&hub.username, &hub.password)
+            describe_credentials(&hub.username, &hub.password_source)
         ));
         line(match &hub.state_topic {
             Some(pattern) => format!("state     retained on the hub at {pattern:?}"),
@@ -64,7 +71,7 @@ impl Config {
                 "  client ids  edge {:?}, hub {:?}{}",
                 link.client_id,
                 link.hub_client_id(hub),
-                describe_credentials(&link.username, &link.password)
+                describe_credentials(&link.username, &link.password_source)
             ));
             line(format!(
                 "  keepalive {}s, reconnect {}ms..{}ms, inflight {}, max message {}",
@@ -170,9 +177,9 @@ impl Config {
     }
 }
 
-fn describe_credentials(username: &Option<String>, password: &Option<Secret>) -> String {
+fn describe_credentials(username: &Option<String>, password: &Option<PasswordSource>) -> String {
     match (username, password) {
-        (Some(user), Some(_)) => format!(", username {user:?} with password"),
+        (Some(user), Some(source)) => format!(", username {user:?} with {}", source.describe()),
         (Some(user), None) => format!(", username {user:?}"),
         _ => String::new(),
     }

@@ -501,7 +501,7 @@ fn client_ids_must_not_collide() {
     assert_error(
         &two_links("", "b", "client_id = \"ferry-hub-a\""),
         13,
-        "is also the hub client id of link \"a\" (line 3)",
+        "is also used by link \"a\" (line 3) as its hub client id",
     );
     // The default edge id of link "hub-x" is "ferry-hub-x", the hub id of link "x".
     assert_error(
@@ -928,4 +928,305 @@ fn a_reload_cannot_change_the_fleet() {
     let refused = crate::daemon::control::plan_reload(&one, &three).unwrap_err();
     assert!(refused.starts_with("[fleet] changed (shards = 1"), "{refused}");
     assert!(crate::daemon::control::plan_reload(&three, &three.clone()).is_ok());
+}
+
+// ---- Credentials from files and the environment, the admin token, and the
+// ---- checks across links (issue 9).
+
+/// MINIMAL_LINK with `username = "u"` and `credential` (one or more
+/// `key = value` lines) after its host: the username is line 5, the
+/// credential line 6.
+fn with_credential(credential: &str) -> String {
+    minimal_with(
+        "host = \"10.0.0.1\"",
+        &format!("host = \"10.0.0.1\"\nusername = \"u\"\n{credential}"),
+    )
+}
+
+/// Writes `content` to `name` in `dir` with permission bits `mode`.
+fn secret_file(dir: &Path, name: &str, content: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn passwords_come_from_a_file_beside_the_config_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), "edge.password", "s3cret-from-file\n", 0o600);
+    let config_path = dir.path().join("ferry.toml");
+    let text = with_credential("password_file = \"edge.password\"")
+        + "[hub]\nusername = \"h\"\npassword_env = \"FERRY_TEST_HUB_PASSWORD_9\"\n";
+    std::fs::write(&config_path, &text).unwrap();
+    std::env::set_var("FERRY_TEST_HUB_PASSWORD_9", "s3cret-from-env");
+    let config = Config::load(&config_path).unwrap();
+    assert_eq!(
+        config.links[0].password.as_ref().map(Secret::expose),
+        Some("s3cret-from-file")
+    );
+    assert_eq!(
+        config.hub.password.as_ref().map(Secret::expose),
+        Some("s3cret-from-env")
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let shown = format!("{}{config:?}", config.summary());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("username \"u\" with password from file ")
+            && shown.contains("edge.password")
+            && shown.contains("username \"h\" with password from $FERRY_TEST_HUB_PASSWORD_9"),
+        "{shown}"
+    );
+
+    // Commands that connect to no broker leave them unread: no variable needed.
+    let skipping = with_credential("password_env = \"FERRY_TEST_UNSET_9\"");
+    std::fs::write(&config_path, &skipping).unwrap();
+    let config = Config::load_with(&config_path, Passwords::Skip).unwrap();
+    assert_eq!(config.links[0].password, None);
+    assert!(Config::load(&config_path).is_err());
+}
+
+#[test]
+fn credential_errors_name_the_line_the_file_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.password");
+    let error = assert_error(
+        &with_credential(&format!("password_file = \"{}\"", missing.display())),
+        6,
+        "cannot open it: No such file or directory",
+    );
+    assert!(error.contains(&missing.display().to_string()), "{error}");
+    assert_error(
+        &with_credential("password_env = \"FERRY_TEST_UNSET_9\""),
+        6,
+        "the environment variable FERRY_TEST_UNSET_9 is not set",
+    );
+    let empty = secret_file(dir.path(), "empty", "\n", 0o600);
+    assert_error(
+        &with_credential(&format!("password_file = \"{}\"", empty.display())),
+        6,
+        "the file is empty",
+    );
+    assert_error(
+        &with_credential(&format!("password_file = \"{}\"", dir.path().display())),
+        6,
+        "is not a regular file",
+    );
+    // At most one of the three, named at the second; the value is never shown.
+    let error = assert_error(
+        &with_credential("password = \"hunter2\"\npassword_env = \"X\""),
+        7,
+        "password_env and password (line 6) are both set",
+    );
+    assert!(!error.contains("hunter2"), "{error}");
+    assert_error(
+        &minimal_with("host = \"10.0.0.1\"", "host = \"h\"\npassword_env = \"X\""),
+        5,
+        "password_env is set without username",
+    );
+    assert_error(
+        &format!("{MINIMAL_LINK}[hub]\npassword_file = \"x\"\n"),
+        10,
+        "password_file is set without username",
+    );
+}
+
+#[test]
+fn inline_passwords_and_readable_secret_files_are_warnings() {
+    let config = parse(&with_credential("password = \"hunter2\"")).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("file.toml:6:") && warnings[0].contains("prefer password_file or password_env"),
+        "{warnings:?}"
+    );
+    assert!(!warnings[0].contains("hunter2"), "{warnings:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let readable = secret_file(dir.path(), "readable", "pw", 0o640);
+    let config = parse(&with_credential(&format!("password_file = \"{}\"", readable.display()))).unwrap();
+    let warning = config.warnings.first().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        warning.starts_with("file.toml:6:") && warning.contains("mode 640") && warning.contains("chmod 600"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn an_admin_api_off_loopback_needs_a_token_file() {
+    let listen = |address: &str, extra: &str| format!("{MINIMAL_LINK}[admin]\nlisten = \"{address}\"\n{extra}");
+    assert_error(
+        &listen("0.0.0.0:9465", ""),
+        10,
+        "[admin] listen 0.0.0.0:9465 is not a loopback address",
+    );
+    assert_error(&listen("[::]:9465", ""), 10, "set [admin] token_file");
+    assert!(parse(&listen("127.0.0.2:9465", "")).is_ok());
+    assert!(parse(&listen("[::1]:9465", "")).is_ok());
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = secret_file(dir.path(), "admin.token", "  t0ken-value \n", 0o600);
+    let with_token = listen("0.0.0.0:9465", &format!("token_file = \"{}\"\n", token.display()));
+    let config = parse(&with_token).unwrap();
+    assert_eq!(config.admin.token.as_ref().map(Secret::expose), Some("t0ken-value"));
+    let shown = format!("{}{config:?}", config.summary());
+    assert!(
+        !shown.contains("t0ken") && shown.contains("bearer token required"),
+        "{shown}"
+    );
+
+    let empty = secret_file(dir.path(), "empty.token", " \n", 0o600);
+    assert_error(
+        &listen("0.0.0.0:9465", &format!("token_file = \"{}\"\n", empty.display())),
+        11,
+        "the file is empty",
+    );
+    assert_error(
+        &listen("127.0.0.1:9465", "token_file = \"/nonexistent/admin.token\"\n"),
+        11,
+        "token_file /nonexistent/admin.token: cannot open it",
+    );
+}
+
+/// Two links to `host:port` ("a" and "b"), each with the routes given.
+fn two_links_to(host_b: &str, routes_a: &str, routes_b: &str) -> String {
+    format!(
+        "data_dir = \"q\"\n[[links]]\nname = \"a\"\nhost = \"Edge.example\"\n{routes_a}\
+         [[links]]\nname = \"b\"\nhost = \"{host_b}\"\n{routes_b}"
+    )
+}
+
+#[test]
+fn routes_of_two_links_to_one_edge_broker_must_not_feed_each_other() {
+    // a writes "x/..." on the edge; b reads "x/+" there (host names without case).
+    let edge_loop = two_links_to(
+        "edge.EXAMPLE",
+        &route("out", "hub/a/#", "x/#"),
+        &route("in", "hub/b/+", "x/+"),
+    );
+    let error = assert_error(
+        &edge_loop,
+        12,
+        "route at line 5 (link \"a\") and route at line 12 (link \"b\")",
+    );
+    assert!(
+        error.contains("through the edge broker edge.example:1883") && error.contains("writes \"x/#\" on the edge"),
+        "{error}"
+    );
+    // b's in route writes "hub/in/#" on the hub, which a's out route reads.
+    let hub_loop = two_links_to(
+        "edge.example",
+        &route("out", "hub/in/a/#", "down/#"),
+        &route("in", "hub/in/#", "up/#"),
+    );
+    assert_error(&hub_loop, 12, "writes \"hub/in/#\" on the hub");
+    // The same routes to two different brokers are fan-out, not a loop.
+    parse(&two_links_to(
+        "other.example",
+        &route("out", "hub/a/#", "x/#"),
+        &route("in", "hub/b/+", "x/+"),
+    ))
+    .unwrap();
+    parse(&edge_loop.replace("host = \"edge.EXAMPLE\"", "host = \"edge.example\"\nport = 1884")).unwrap();
+}
+
+#[test]
+fn shared_subscriptions_are_refused_with_the_plain_filter() {
+    assert_error(
+        &with_routes(&route("in", "hub/up/#", "$share/g/up/#")),
+        8,
+        "remote: \"$share/g/up/#\" is a shared subscription, which ferry does not support",
+    );
+    assert_error(
+        &out_route("$share/grp/hub/#", "down/#"),
+        7,
+        "subscribe to the plain filter \"hub/#\"",
+    );
+    assert_error(&out_route("hub/#", "$share/g/down/#"), 8, "starts with \"$share/\"");
+}
+
+#[test]
+fn hosts_written_as_urls_are_refused_with_the_right_form() {
+    let host = |value: &str| minimal_with("host = \"10.0.0.1\"", &format!("host = \"{value}\""));
+    assert_error(
+        &host("mqtt://edge1.example:1884"),
+        4,
+        "is a URL; ferry takes the host name and the port apart: write host = \"edge1.example\" and port = 1884",
+    );
+    assert_error(&host("tcp://10.0.0.1"), 4, "write host = \"10.0.0.1\" and port = 1883");
+    assert_error(
+        &host("mqtts://user@broker.example"),
+        4,
+        "host = \"broker.example\" and port = 8883",
+    );
+    assert_error(&host("ssl://b:8884/"), 4, "host = \"b\" and port = 8884");
+    assert_error(&host("ws://b:9001"), 4, "is a WebSocket URL");
+    assert_error(
+        &host("edge1.example:1883"),
+        4,
+        "includes the port; write host = \"edge1.example\" and port = 1883",
+    );
+    assert_error(
+        &format!("{MINIMAL_LINK}[hub]\nhost = \"mqtt://hub\"\n"),
+        10,
+        "host = \"hub\" and port = 1883",
+    );
+    // IPv6 addresses keep their colons.
+    assert!(parse(&host("fd00::11")).is_ok());
+}
+
+#[test]
+fn client_ids_with_nul_or_too_long_are_refused_and_long_ones_warned_about() {
+    let id = |value: &str| minimal_with("host = \"10.0.0.1\"", &format!("host = \"h\"\nclient_id = \"{value}\""));
+    assert_error(&id("a\\u0000b"), 5, "client_id contains a NUL character");
+    assert_error(&format!("{MINIMAL_LINK}[hub]\nclient_id = \"h\\u0000\"\n"), 10, "NUL");
+    assert_error(
+        &id(&"x".repeat(65_533)),
+        5,
+        "edge drain client id of link \"e1\" is 65537 bytes",
+    );
+
+    let config = parse(&id("an-edge-client-id-of-27-byte")).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].starts_with("file.toml:5:")
+            && warnings[0]
+                .contains("\"an-edge-client-id-of-27-byte-pub\" (the edge drain client id of link \"e1\") is 32 bytes")
+            && warnings[0].contains("over 23 bytes"),
+        "{warnings:?}"
+    );
+    // The hub's ids grow with the link's name: "ferry-hub-<name>-state".
+    let long_name = minimal_with("name = \"e1\"", "name = \"building-7\"").replace("e1/down", "b7/down");
+    let warnings: Vec<String> = parse(&long_name)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("file.toml:3:") && w.contains("\"ferry-hub-building-7-state\"")),
+        "{warnings:?}"
+    );
+    assert!(parse(MINIMAL_LINK).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn derived_edge_client_ids_must_not_collide_either() {
+    // a's drain connection to the edge is "x-pub", b's ingest id.
+    assert_error(
+        &two_links("client_id = \"x\"", "b", "client_id = \"x-pub\""),
+        13,
+        "client id \"x-pub\" of link \"b\" (its edge client id) is also used by link \"a\" (line 5) as its edge drain client id",
+    );
+    // b's edge drain id is a's hub state id.
+    assert_error(
+        &two_links("", "b", "client_id = \"ferry-hub-a-state\"").replace("ferry-hub-a-state", "ferry-hub-a"),
+        13,
+        "as its hub client id",
+    );
 }

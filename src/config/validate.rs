@@ -1,8 +1,10 @@
 //! Validation: turns the raw file into a [`Config`] or the first problem in
 //! it. Checks each link's tuning over `[defaults]` over the built-in
 //! defaults, each route (filters, prefix mapping or topic template, QoS),
-//! bridge loops between a link's routes, and that link names and every
-//! client id ferry derives are unique.
+//! bridge loops between a link's routes and between the routes of links to
+//! one edge broker, that link names and every client id ferry derives are
+//! unique and usable, credentials (with `secrets`), and that a non-loopback
+//! admin API has a token.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -13,9 +15,10 @@ use toml::Spanned;
 
 use super::error::{line_of, Problem};
 use super::raw::{RawConfig, RawFleet, RawLink, RawRoute, RawTuning};
+use super::secrets::{Passwords, SecretReader};
 use super::values::{
-    credentials, format_size, integer_in, is_valid_link_name, listen_address, max_bytes_value, name_value, non_empty,
-    parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
+    client_id_value, format_size, host_value, integer_in, is_valid_link_name, listen_address, max_bytes_value,
+    name_value, non_empty, parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
 };
 use super::{
     AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ACK_TIMEOUT_SECS, DEFAULT_ADMIN_LISTEN,
@@ -100,9 +103,9 @@ fn builtin_tuning() -> TuningLayer {
 }
 
 /// Collects problems so the one reported is the first in the file, whatever
-/// order the checks run in.
+/// order the checks run in; and the warnings, which refuse nothing.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+struct Problems(Vec<Problem>, Vec<Problem>);
 
 impl Problems {
     fn take<T>(&mut self, result: Result<T, Problem>) -> Option<T> {
@@ -131,11 +134,22 @@ impl Problems {
         self.0.push(problem);
     }
 
+    fn warnings(&mut self) -> &mut Vec<Problem> {
+        &mut self.1
+    }
+
     /// The problem earliest in the file; problems without a place come last.
-    fn first(self) -> Option<Problem> {
-        self.0
+    fn first(&mut self) -> Option<Problem> {
+        std::mem::take(&mut self.0)
             .into_iter()
             .min_by_key(|problem| problem.offset.unwrap_or(usize::MAX))
+    }
+
+    /// The warnings in the order of the file.
+    fn into_warnings(self) -> Vec<Problem> {
+        let mut warnings = self.1;
+        warnings.sort_by_key(|problem| problem.offset.unwrap_or(usize::MAX));
+        warnings
     }
 }
 
@@ -228,6 +242,27 @@ fn validate_route(text: &str, raw: &Spanned<RawRoute>, link: &str) -> Result<Rou
         topic::validate_filter(filter.get_ref())
             .map_err(|error| Problem::at(filter.span(), format!("{key}: {error}")))?;
     }
+    for (key, filter) in [(source_key, source), (dest_key, dest)] {
+        let Some(shared) = filter.get_ref().strip_prefix("$share/") else {
+            continue;
+        };
+        let message = if key == source_key {
+            let plain = shared.split_once('/').map_or("", |(_, plain)| plain);
+            format!(
+                "{key}: {:?} is a shared subscription, which ferry does not support: the broker would hand \
+                 each message to only one member of the group, and ferry must see them all to queue them in \
+                 order; subscribe to the plain filter {plain:?}",
+                filter.get_ref()
+            )
+        } else {
+            format!(
+                "{key}: {:?} starts with \"$share/\", which names a shared subscription, not a topic \
+                 a route can write to",
+                filter.get_ref()
+            )
+        };
+        return Err(Problem::at(filter.span(), message));
+    }
     if let Some(placeholder) = topic::find_placeholder(source.get_ref()) {
         return Err(Problem::at(
             source.span(),
@@ -268,43 +303,114 @@ fn validate_route(text: &str, raw: &Spanned<RawRoute>, link: &str) -> Result<Rou
     })
 }
 
-/// Finds `out` and `in` routes of one link that would pass messages back and
-/// forth between hub and edge forever: what one writes (as a filter, see
-/// [`Route::written_filter`]) overlaps what the other reads on that broker.
-fn check_bridge_loops(routes: &[(Route, Range<usize>)], problems: &mut Problems) {
-    for (out_route, out_span) in routes.iter().filter(|(r, _)| r.direction == Direction::Out) {
-        for (in_route, in_span) in routes.iter().filter(|(r, _)| r.direction == Direction::In) {
-            let reason = if topic::filters_overlap(out_route.written_filter(), &in_route.remote) {
-                format!(
-                    "the out route writes {} on the edge and the in route reads {:?} there, \
-                     so messages would come straight back; make the two remote filters disjoint",
-                    describe_written(out_route),
-                    in_route.remote
-                )
-            } else if topic::filters_overlap(in_route.written_filter(), &out_route.local) {
-                format!(
-                    "the in route writes {} on the hub and the out route reads {:?} there, \
-                     so messages would go straight back; make the two local filters disjoint",
-                    describe_written(in_route),
-                    out_route.local
-                )
-            } else {
+/// A validated route with where it is in the file and whose it is.
+struct PlacedRoute<'a> {
+    route: &'a Route,
+    span: &'a Range<usize>,
+    link: &'a str,
+}
+
+/// Why `out_route` and `in_route` would pass messages back and forth between
+/// the hub and one edge broker forever, if they do: what one writes (as a
+/// filter, see [`Route::written_filter`]) overlaps what the other reads on
+/// that broker.
+fn loop_reason(out_route: &Route, in_route: &Route) -> Option<String> {
+    if topic::filters_overlap(out_route.written_filter(), &in_route.remote) {
+        Some(format!(
+            "the out route writes {} on the edge and the in route reads {:?} there, \
+             so messages would come straight back; make the two remote filters disjoint",
+            describe_written(out_route),
+            in_route.remote
+        ))
+    } else if topic::filters_overlap(in_route.written_filter(), &out_route.local) {
+        Some(format!(
+            "the in route writes {} on the hub and the out route reads {:?} there, \
+             so messages would go straight back; make the two local filters disjoint",
+            describe_written(in_route),
+            out_route.local
+        ))
+    } else {
+        None
+    }
+}
+
+/// Reports every `out` route of `outs` and `in` route of `ins` that form a
+/// loop, at the later of the two; `through` says which broker they share
+/// when the routes belong to two links.
+fn check_loops_between(outs: &[PlacedRoute], ins: &[PlacedRoute], through: Option<&str>, problems: &mut Problems) {
+    for out in outs.iter().filter(|r| r.route.direction == Direction::Out) {
+        for inr in ins.iter().filter(|r| r.route.direction == Direction::In) {
+            let Some(reason) = loop_reason(out.route, inr.route) else {
                 continue;
             };
-            let (earlier_line, later_line, later_span) = if out_span.start < in_span.start {
-                (out_route.line, in_route.line, in_span)
+            let (earlier, later) = if out.span.start < inr.span.start {
+                (out, inr)
             } else {
-                (in_route.line, out_route.line, out_span)
+                (inr, out)
             };
-            problems.push(Problem::at(
-                later_span.clone(),
-                format!(
-                    "route at line {earlier_line} and route at line {later_line} form a bridge \
-                     loop: {reason}"
+            let message = match through {
+                None => format!(
+                    "route at line {} and route at line {} form a bridge loop: {reason}",
+                    earlier.route.line, later.route.line
                 ),
-            ));
+                Some(broker) => format!(
+                    "route at line {} (link {:?}) and route at line {} (link {:?}) form a bridge loop through \
+                     the edge broker {broker}, which both links connect to: {reason}",
+                    earlier.route.line, earlier.link, later.route.line, later.link
+                ),
+            };
+            problems.push(Problem::at(later.span.clone(), message));
         }
     }
+}
+
+/// Bridge loops between the routes of one link.
+fn check_bridge_loops(link: &str, routes: &[(Route, Range<usize>)], problems: &mut Problems) {
+    let placed: Vec<PlacedRoute> = routes
+        .iter()
+        .map(|(route, span)| PlacedRoute { route, span, link })
+        .collect();
+    check_loops_between(&placed, &placed, None, problems);
+}
+
+/// The edge broker addresses a link connects to, for telling which links
+/// share a broker (host names compared without case; "localhost" and
+/// "127.0.0.1" count as two).
+fn edge_addresses(link: &LinkConfig) -> Vec<(String, u16)> {
+    vec![(link.host.to_ascii_lowercase(), link.port)]
+}
+
+/// Two links to one edge broker act on it like one link: an out route of
+/// one and an in route of the other must not feed each other either, on the
+/// edge or on the hub.
+fn check_loops_across_links(links: &[(LinkConfig, Vec<Range<usize>>)], problems: &mut Problems) {
+    for (i, first) in links.iter().enumerate() {
+        for second in links.iter().skip(i + 1) {
+            let first_addresses = edge_addresses(&first.0);
+            let Some((host, port)) = edge_addresses(&second.0)
+                .into_iter()
+                .find(|address| first_addresses.contains(address))
+            else {
+                continue;
+            };
+            let broker = format!("{host}:{port}");
+            let (a, b) = (placed_routes(first), placed_routes(second));
+            check_loops_between(&a, &b, Some(&broker), problems);
+            check_loops_between(&b, &a, Some(&broker), problems);
+        }
+    }
+}
+
+fn placed_routes((link, spans): &(LinkConfig, Vec<Range<usize>>)) -> Vec<PlacedRoute<'_>> {
+    link.routes
+        .iter()
+        .zip(spans)
+        .map(|(route, span)| PlacedRoute {
+            route,
+            span,
+            link: &link.name,
+        })
+        .collect()
 }
 
 /// What a route writes, for messages: its destination filter, or its
@@ -321,12 +427,14 @@ fn describe_written(route: &Route) -> String {
     }
 }
 
+/// One link, with the spans of its routes (for the checks across links).
 fn validate_link(
-    text: &str,
+    reader: &SecretReader,
     raw_link: &Spanned<RawLink>,
     defaults: &TuningLayer,
     problems: &mut Problems,
-) -> Option<LinkConfig> {
+) -> Option<(LinkConfig, Vec<Range<usize>>)> {
+    let text = reader.text;
     let raw = raw_link.get_ref();
     let name = raw.name.get_ref().clone();
     if !is_valid_link_name(&name) {
@@ -338,10 +446,11 @@ fn validate_link(
             ),
         ));
     }
-    let host = problems.take(non_empty("host", &raw.host));
+    let host = problems.take(host_value(&raw.host));
     let port = problems.take_optional(&raw.port, port_value);
-    let client_id = problems.take_optional(&raw.client_id, |id| non_empty("client_id", id));
-    let credentials = problems.take(credentials(&raw.username, &raw.password));
+    let client_id = problems.take_optional(&raw.client_id, client_id_value);
+    let credentials = reader.credentials(raw.credentials(), problems.warnings());
+    let credentials = problems.take(credentials);
 
     let tuning = validate_tuning(&raw.tuning(), problems)
         .over(defaults)
@@ -379,15 +488,18 @@ fn validate_link(
             routes.push((route, raw_route.span()));
         }
     }
-    check_bridge_loops(&routes, problems);
+    check_bridge_loops(&name, &routes, problems);
 
-    Some(LinkConfig {
+    let credentials = credentials?;
+    let spans = routes.iter().map(|(_, span)| span.clone()).collect();
+    let link = LinkConfig {
         client_id: client_id?.unwrap_or_else(|| names::default_edge_client_id(&name)),
         name,
         host: host?,
         port: port?.unwrap_or(DEFAULT_PORT),
-        username: credentials.clone()?.0,
-        password: credentials?.1,
+        username: credentials.username,
+        password: credentials.password,
+        password_source: credentials.source,
         enabled: raw.enabled.unwrap_or(true),
         keepalive: tuning.keepalive?.value,
         reconnect_min: reconnect_min.value,
@@ -404,7 +516,8 @@ fn validate_link(
             drain_bytes_rate: tuning.drain_bytes_rate?,
         },
         routes: routes.into_iter().map(|(route, _)| route).collect(),
-    })
+    };
+    Some((link, spans))
 }
 
 /// Link names must be unique, and no two connections may share a client id
@@ -433,75 +546,141 @@ fn check_names_and_client_ids(
         }
     }
 
-    // Every client id in use: (id, link name, line, whose connection).
-    let mut hub_ids: HashMap<String, (&str, usize)> = HashMap::new();
-    // Each link uses three client ids on the hub: ingest "<base>-<name>",
-    // drain "...-pub" and state "...-state". Names like "a" and "a-pub"
-    // would share one.
-    let mut derived_hub_ids: HashMap<String, (&str, usize)> = HashMap::new();
+    let mut seen: HashMap<String, (&str, usize, &'static str)> = HashMap::new();
     for link in links {
-        let name = link.get_ref().name.get_ref();
-        let line = line_of(text, &link.get_ref().name.span());
-        let id = names::hub_client_id(hub_client_id_base, name);
-        for derived in [id.clone(), names::drain_client_id(&id), names::state_client_id(&id)] {
-            match derived_hub_ids.get(&derived) {
-                Some((other, other_line)) if *other != name => problems.push(Problem::at(
-                    link.get_ref().name.span(),
+        let raw = link.get_ref();
+        let name = raw.name.get_ref().as_str();
+        let ids = client_ids_of(raw, hub_client_id_base);
+        for id in &ids {
+            if id.id.len() > MAX_CLIENT_ID_BYTES {
+                problems.push(Problem::at(
+                    id.span.clone(),
                     format!(
-                        "link {name:?} would use the hub client id {derived:?}, which link \
-                         {other:?} (line {other_line}) uses too (ferry adds \"-pub\" and \
-                         \"-state\" to each link's hub client id); rename one of them"
+                        "the {} of link {name:?}{} is {} bytes; MQTT allows at most 65,535",
+                        id.what,
+                        id.origin,
+                        id.id.len()
+                    ),
+                ));
+                continue;
+            }
+            match seen.get(&id.id) {
+                // A link listed twice uses its own ids twice: reported above as a duplicate name.
+                Some((other, _, other_what)) if *other == name && *other_what == id.what => {}
+                Some((other, other_line, other_what)) => problems.push(Problem::at(
+                    id.span.clone(),
+                    format!(
+                        "client id {:?}{} of link {name:?} (its {}) is also used by link {other:?} \
+                         (line {other_line}) as its {other_what}; two connections with one client id throw \
+                         each other off, so {}",
+                        id.id,
+                        id.origin,
+                        id.what,
+                        if id.on_hub {
+                            "rename one of the links (ferry makes the hub client ids \"<[hub] client_id>-<link \
+                             name>\", with \"-pub\" and \"-state\" added)"
+                        } else {
+                            "give each link its own client_id (ferry adds \"-pub\" for the drain connection)"
+                        }
                     ),
                 )),
-                _ => {
-                    derived_hub_ids.insert(derived, (name, line));
+                None => {
+                    seen.insert(id.id.clone(), (name, line_of(text, &id.span), id.what));
                 }
             }
         }
-        hub_ids.insert(id, (name, line));
-    }
-    let mut edge_ids: HashMap<String, (&str, usize)> = HashMap::new();
-    for link in links {
-        let raw = link.get_ref();
-        let name = raw.name.get_ref();
-        let (client_id, span, origin) = match &raw.client_id {
-            Some(id) => (id.get_ref().clone(), id.span(), ""),
-            None => (
-                names::default_edge_client_id(name),
-                raw.name.span(),
-                " (the default \"ferry-<name>\")",
-            ),
-        };
-        if let Some((other_name, other_line)) = hub_ids.get(&client_id) {
-            problems.push(Problem::at(
-                span.clone(),
-                format!(
-                    "client id {client_id:?}{origin} of link {name:?} is also the hub client id \
-                     of link {other_name:?} (line {other_line}), made as \"<hub client_id>-<link \
-                     name>\"; two connections with one client id throw each other off, so choose \
-                     another client_id"
-                ),
-            ));
-        }
-        if let Some((other_name, other_line)) = edge_ids.get(&client_id) {
-            if other_name != name {
-                problems.push(Problem::at(
-                    span,
+        for on_hub in [true, false] {
+            let longest = ids.iter().filter(|id| id.on_hub == on_hub).max_by_key(|id| id.id.len());
+            if let Some(id) = longest.filter(|id| id.id.len() > MQTT311_CLIENT_ID_BYTES) {
+                problems.warnings().push(Problem::at(
+                    id.span.clone(),
                     format!(
-                        "client id {client_id:?}{origin} of link {name:?} is also used by link \
-                         {other_name:?} (line {other_line}); two connections with one client id \
-                         throw each other off, so give each link its own client_id"
+                        "client id {:?} (the {} of link {name:?}) is {} bytes: MQTT 3.1.1 brokers may refuse \
+                         client ids over 23 bytes (MQTT 5 brokers, mosquitto among them, accept longer ones); \
+                         if this {} speaks only 3.1.1, {}",
+                        id.id,
+                        id.what,
+                        id.id.len(),
+                        if on_hub { "hub" } else { "edge broker" },
+                        if on_hub {
+                            "shorten [hub] client_id or the link's name"
+                        } else {
+                            "set a shorter client_id"
+                        }
                     ),
                 ));
             }
-        } else {
-            edge_ids.insert(client_id, (name, line_of(text, &span)));
         }
     }
 }
 
-pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Config, Problem> {
+/// Longest client id an MQTT 3.1.1 server must accept.
+const MQTT311_CLIENT_ID_BYTES: usize = 23;
+/// Longest client id MQTT can carry (a length-prefixed string).
+const MAX_CLIENT_ID_BYTES: usize = 65_535;
+
+/// One client id a link's connections use.
+struct ClientId {
+    id: String,
+    /// Whose connection it is, for messages.
+    what: &'static str,
+    on_hub: bool,
+    /// Where the id comes from: the link's client_id, or its name.
+    span: Range<usize>,
+    /// Said of an edge id the link does not set.
+    origin: &'static str,
+}
+
+/// Every client id of a link: on the hub ingest "<base>-<name>", drain
+/// "...-pub" and state "...-state"; on the edge its client id and "...-pub".
+/// (Names like "a" and "a-pub" would share one.)
+fn client_ids_of(raw: &RawLink, hub_client_id_base: &str) -> Vec<ClientId> {
+    let name = raw.name.get_ref();
+    let hub = names::hub_client_id(hub_client_id_base, name);
+    let (edge, edge_span, origin) = match &raw.client_id {
+        Some(id) => (id.get_ref().clone(), id.span(), ""),
+        None => (
+            names::default_edge_client_id(name),
+            raw.name.span(),
+            " (the default \"ferry-<name>\")",
+        ),
+    };
+    let on_hub = |id: String, what| ClientId {
+        id,
+        what,
+        on_hub: true,
+        span: raw.name.span(),
+        origin: "",
+    };
+    let on_edge = |id: String, what| ClientId {
+        id,
+        what,
+        on_hub: false,
+        span: edge_span.clone(),
+        origin,
+    };
+    vec![
+        on_hub(hub.clone(), "hub client id"),
+        on_hub(names::drain_client_id(&hub), "hub drain client id"),
+        on_hub(names::state_client_id(&hub), "hub state client id"),
+        on_edge(edge.clone(), "edge client id"),
+        on_edge(names::drain_client_id(&edge), "edge drain client id"),
+    ]
+}
+
+/// The config, and its warnings, or the first problem in the file.
+pub(super) fn validate(
+    text: &str,
+    raw: RawConfig,
+    source: &Path,
+    passwords: Passwords,
+) -> Result<(Config, Vec<Problem>), Problem> {
     let mut problems = Problems::default();
+    let reader = SecretReader {
+        text,
+        config_dir: source.parent().unwrap_or(Path::new("")),
+        passwords,
+    };
 
     let data_dir = match &raw.data_dir {
         None => {
@@ -535,12 +714,32 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
 
     let listen = problems.take(listen_address("metrics", &raw.metrics.listen, DEFAULT_METRICS_LISTEN));
     let admin_listen = problems.take(listen_address("admin", &raw.admin.listen, DEFAULT_ADMIN_LISTEN));
+    let admin_token = match &raw.admin.token_file {
+        None => Some(None),
+        Some(file) => {
+            let token = reader.token(file, problems.warnings());
+            problems.take(token).map(Some)
+        }
+    };
+    if let (Some(Some(listen)), None) = (admin_listen, &raw.admin.token_file) {
+        if !listen.ip().is_loopback() {
+            problems.push(Problem {
+                offset: raw.admin.listen.as_ref().map(|listen| listen.span().start),
+                message: format!(
+                    "[admin] listen {listen} is not a loopback address, so anyone who can reach it could pause, \
+                     drain or reload every link: set [admin] token_file to a file holding a bearer token \
+                     (see docs/security.md), or listen on 127.0.0.1"
+                ),
+            });
+        }
+    }
 
     let hub_raw = &raw.hub;
-    let hub_host = problems.take_optional(&hub_raw.host, |host| non_empty("host", host));
+    let hub_host = problems.take_optional(&hub_raw.host, host_value);
     let hub_port = problems.take_optional(&hub_raw.port, port_value);
-    let hub_client_id = problems.take_optional(&hub_raw.client_id, |id| non_empty("client_id", id));
-    let hub_credentials = problems.take(credentials(&hub_raw.username, &hub_raw.password));
+    let hub_client_id = problems.take_optional(&hub_raw.client_id, client_id_value);
+    let hub_credentials = reader.credentials(hub_raw.credentials(), problems.warnings());
+    let hub_credentials = problems.take(hub_credentials);
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
@@ -562,18 +761,27 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
         check_names_and_client_ids(text, &raw.links, hub_client_id, &mut problems);
     }
     let fleet = validate_fleet(text, raw.fleet.as_ref(), source, &mut problems);
-    let links: Vec<Option<LinkConfig>> = raw
+    let links: Vec<Option<(LinkConfig, Vec<Range<usize>>)>> = raw
         .links
         .iter()
-        .map(|link| validate_link(text, link, &defaults, &mut problems))
+        .map(|link| validate_link(&reader, link, &defaults, &mut problems))
         .collect();
+    let incomplete = || Problem::nowhere("invalid configuration");
+    let links = links.into_iter().collect::<Option<Vec<_>>>();
+    if let Some(links) = &links {
+        check_loops_across_links(links, &mut problems);
+    }
 
     if let Some(problem) = problems.first() {
         return Err(problem);
     }
-    let incomplete = || Problem::nowhere("invalid configuration");
-    let (username, password) = hub_credentials.ok_or_else(incomplete)?;
-    Ok(Config {
+    let links = links
+        .ok_or_else(incomplete)?
+        .into_iter()
+        .map(|(link, _)| link)
+        .collect();
+    let hub_credentials = hub_credentials.ok_or_else(incomplete)?;
+    let config = Config {
         source: source.to_path_buf(),
         data_dir: data_dir.ok_or_else(incomplete)?,
         store_cache_bytes: store_cache
@@ -586,6 +794,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
         },
         admin: AdminConfig {
             listen: admin_listen.ok_or_else(incomplete)?,
+            token: admin_token.ok_or_else(incomplete)?,
         },
         hub: HubConfig {
             host: hub_host
@@ -593,13 +802,16 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
                 .unwrap_or_else(|| DEFAULT_HUB_HOST.to_owned()),
             port: hub_port.ok_or_else(incomplete)?.unwrap_or(DEFAULT_PORT),
             client_id: hub_client_id.ok_or_else(incomplete)?,
-            username,
-            password,
+            username: hub_credentials.username,
+            password: hub_credentials.password,
+            password_source: hub_credentials.source,
             state_topic: state_topic.ok_or_else(incomplete)?,
         },
-        links: links.into_iter().collect::<Option<Vec<_>>>().ok_or_else(incomplete)?,
+        links,
         fleet: fleet.ok_or_else(incomplete)?,
-    })
+        warnings: Vec::new(),
+    };
+    Ok((config, problems.into_warnings()))
 }
 
 // ---- [fleet] (see crate::fleet) ----

@@ -1,6 +1,6 @@
 //! Parsers of single values: sizes ("8GiB"), drain rates ("2000/s",
 //! "1MiB/s"), bounded integers, ports, listen addresses, the state topic
-//! pattern, names (overflow, direction) and credentials. Each returns the typed value or a [`Problem`] at the
+//! pattern, names (overflow, direction), hosts and client ids. Each returns the typed value or a [`Problem`] at the
 //! value's span; checks across values are in `validate`.
 
 use std::net::SocketAddr;
@@ -11,7 +11,6 @@ use toml::Spanned;
 use super::error::Problem;
 use super::raw::RawSize;
 use super::{DEFAULT_STATE_TOPIC, MAX_LINK_NAME_CHARS};
-use crate::secret::Secret;
 use crate::store::MaxBytes;
 use crate::topic;
 
@@ -184,22 +183,53 @@ pub(super) fn name_value<T: FromStr<Err = String>>(raw: &Spanned<String>) -> Res
         .map_err(|message: String| Problem::at(raw.span(), message))
 }
 
-/// Checks username and password together: MQTT sends a password only with a
-/// username.
-pub(super) fn credentials(
-    username: &Option<Spanned<String>>,
-    password: &Option<Spanned<String>>,
-) -> Result<(Option<String>, Option<Secret>), Problem> {
-    if let (None, Some(password)) = (username, password) {
+/// A broker's `host`: a host name or an IP address, not a URL and without
+/// the port (which has its own key). The error shows the right form.
+pub(super) fn host_value(raw: &Spanned<String>) -> Result<String, Problem> {
+    let host = non_empty("host", raw)?;
+    let (scheme, rest) = match host.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+        None => (None, host.as_str()),
+    };
+    // What a URL or "name:port" holds: [user@]name[:port][/path].
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, after)| after);
+    let (name, port) = match authority.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => (name, Some(port)),
+        _ => (authority, None),
+    };
+    if scheme.is_none() && port.is_none() {
+        return Ok(host);
+    }
+    let default_port = match scheme.as_deref() {
+        Some("mqtts" | "ssl" | "tls" | "wss") => "8883",
+        _ => "1883",
+    };
+    let port = port.filter(|port| !port.is_empty()).unwrap_or(default_port);
+    let right_form = format!("host = \"{name}\" and port = {port}");
+    let message = match scheme.as_deref() {
+        None => format!("host {host:?} includes the port; write {right_form}"),
+        Some("ws" | "wss") => format!(
+            "host {host:?} is a WebSocket URL; ferry speaks MQTT over TCP: write {right_form} with the              broker's MQTT port"
+        ),
+        Some(_) => format!(
+            "host {host:?} is a URL; ferry takes the host name and the port apart: write {right_form}              (a scheme does not choose TLS here; see docs/security.md)"
+        ),
+    };
+    Err(Problem::at(raw.span(), message))
+}
+
+/// A client id as written (`[hub] client_id` or a link's): not empty, no
+/// NUL (which MQTT forbids in strings).
+pub(super) fn client_id_value(raw: &Spanned<String>) -> Result<String, Problem> {
+    let id = non_empty("client_id", raw)?;
+    if id.contains('\0') {
         return Err(Problem::at(
-            password.span(),
-            "password is set without username; MQTT sends a password only with a username",
+            raw.span(),
+            "client_id contains a NUL character, which MQTT does not allow in a client id",
         ));
     }
-    Ok((
-        username.as_ref().map(|name| name.get_ref().clone()),
-        password.as_ref().map(|secret| Secret::new(secret.get_ref().as_str())),
-    ))
+    Ok(id)
 }
 
 pub(super) fn is_valid_link_name(name: &str) -> bool {

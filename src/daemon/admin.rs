@@ -14,23 +14,32 @@
 //!                                   change the drain pace until the next reload or restart
 //! POST /v1/reload                   read the config file again and apply it
 //! ```
-//! Errors are JSON too: `{"error": "..."}` with 400 (a bad rate), 404
-//! (unknown link), 409 (link disabled), 422 (bad config on reload), 500 (a reload that failed
+//! Errors are JSON too: `{"error": "..."}` with 400 (a bad rate), 401 (no or wrong bearer
+//! token), 403 (a cross-origin browser request), 404 (unknown link), 409
+//! (link disabled), 422 (bad config on reload), 500 (a reload that failed
 //! for another reason), 503 (not running yet, or shutting down).
 //!
 //! The replies are the types in [`crate::daemon::control`] and
 //! [`crate::link::status`]; the command line ([`crate::cli::admin_client`])
 //! reads them back as the same types.
-//! There is no authentication: keep it on loopback, or behind a proxy that
-//! checks who calls.
+//!
+//! Who may call ([`guard`], docs/security.md): with `[admin] token_file`
+//! (required by the config on any address but loopback), every request but
+//! the probes `/livez` and `/readyz` needs `Authorization: Bearer <token>`;
+//! probes stay open because a Kubernetes or systemd probe cannot easily
+//! send one, and they tell nothing but "up" and "ready". A request with an
+//! `Origin` header other than the API's own (a web page in a browser on
+//! this host) is refused, with or without a token. A client gets
+//! [`HEADER_READ_TIMEOUT`] to send its request headers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,22 +53,136 @@ use crate::link::supervisor::Command;
 /// for a full disk to clear) before it gives up.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a client may take to send a request's headers before its
+/// connection is closed (a client that connects and sends nothing holds no
+/// task for long).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds `addr` (failing at once if it cannot) and serves until `shutdown`.
 pub async fn serve(addr: SocketAddr, control: Arc<Control>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("admin API: cannot listen on {addr} (set [admin] listen to a free address, or \"off\")")
     })?;
-    let app = router(control);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
-    tracing::info!(%addr, "serving the admin API (ferry status, ferry link ...)");
+    let token = control.admin_token().is_some();
+    let guard = Guard {
+        control: control.clone(),
+        own_origins: Arc::new(own_origins(addr)),
+    };
+    let app = router(control).layer(axum::middleware::from_fn_with_state(guard, self::guard));
+    tokio::spawn(accept_loop(listener, app, shutdown));
+    tracing::info!(%addr, token, "serving the admin API (ferry status, ferry link ...)");
     Ok(())
+}
+
+/// Serves each connection with hyper's HTTP/1 server directly: `axum::serve`
+/// sets no timer, so it cannot time out a client's request headers.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "admin API: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "admin API: connection ended with an error");
+            }
+        });
+    }
+}
+
+/// What [`guard`] checks requests against.
+#[derive(Clone)]
+struct Guard {
+    control: Arc<Control>,
+    /// The `Origin` values of pages served by this API itself.
+    own_origins: Arc<Vec<String>>,
+}
+
+/// The origins a browser sends for this API's own address: the listen
+/// address, and for a loopback or wildcard one its loopback names too.
+fn own_origins(addr: SocketAddr) -> Vec<String> {
+    let mut origins = vec![format!("http://{addr}")];
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        let port = addr.port();
+        origins.extend([
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ]);
+    }
+    origins
+}
+
+/// Refuses a cross-origin browser request (403), and without the right
+/// bearer token any request but the probes (401).
+async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let own = guard
+            .own_origins
+            .iter()
+            .any(|own| own.as_bytes().eq_ignore_ascii_case(origin.as_bytes()));
+        if !own {
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests are refused: the admin API does not answer web pages from other \
+                 origins (a command-line client sends no Origin header)"
+                    .into(),
+            );
+        }
+    }
+    let probe = matches!(request.uri().path(), "/livez" | "/readyz");
+    if let (false, Some(token)) = (probe, guard.control.admin_token()) {
+        let refusal = match bearer(request.headers()) {
+            None => Some(
+                "this admin API needs a bearer token: send \"Authorization: Bearer <token>\" with the \
+                          content of [admin] token_file (ferry status --config FILE does)",
+            ),
+            Some(given) if !token.matches(given) => Some("the bearer token is wrong"),
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            let mut response = error(StatusCode::UNAUTHORIZED, why.into());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"Bearer ")
+        .then(|| value.get(7..))
+        .flatten()
+        .map(|token| token.trim_ascii())
 }
 
 fn router(control: Arc<Control>) -> Router {

@@ -20,6 +20,7 @@ use crate::config::{Config, LinkConfig};
 use crate::fleet::ShardView;
 use crate::link::status::{LinkStatus, LinkView};
 use crate::link::supervisor::Command;
+use crate::secret::Secret;
 
 /// The handles of one configured link.
 #[derive(Clone)]
@@ -182,6 +183,8 @@ pub struct Control {
     /// Which links this process runs (all of them without a `[fleet]`).
     shard: ShardView,
     reload: mpsc::Sender<ReloadRequest>,
+    /// The admin API's bearer token ([admin] token_file), read again on reload.
+    admin_token: Mutex<Option<Secret>>,
 }
 
 impl Control {
@@ -194,11 +197,21 @@ impl Control {
             data_dir: config.data_dir.display().to_string(),
             shard,
             reload,
+            admin_token: Mutex::new(config.admin.token.clone()),
         })
     }
 
     fn links(&self) -> MutexGuard<'_, BTreeMap<String, LinkHandle>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The token the admin API asks for, if any.
+    pub fn admin_token(&self) -> Option<Secret> {
+        self.admin_token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_admin_token(&self, token: Option<Secret>) {
+        *self.admin_token.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     pub fn set_ready(&self, not_ready: Option<String>) {

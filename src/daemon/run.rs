@@ -49,6 +49,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         crate::daemon::admin::serve(addr, control.clone(), shutdown.clone()).await?;
     }
     crate::daemon::signals::reload_on_sighup(reload_tx).context("cannot install the SIGHUP handler")?;
+    log_warnings(&config);
+    let mut config = config;
 
     // The first open decides whether ferry can start at all: a store in use
     // by another ferry, or damaged, is an error for the operator.
@@ -277,6 +279,8 @@ async fn reload(
     }
     *config = new;
     apply_budget(store, config);
+    control.set_admin_token(config.admin.token.clone());
+    log_warnings(config);
     for name in report.added.iter().chain(&report.changed) {
         if let Some(link) = config.links.iter().find(|l| &l.name == name) {
             start_link(link, &config.hub, store, generation, control, running);
@@ -285,6 +289,13 @@ async fn reload(
     // A reload ends every run-time change of a drain rate (`ferry link rate`).
     control.configure_paces(config);
     Ok(report)
+}
+
+/// What `ferry check` would warn about, one log line each (at start and on reload).
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!("config warning: {warning}");
+    }
 }
 
 /// Waits until the filesystem of `dir` has room to write again.

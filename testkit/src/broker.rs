@@ -48,10 +48,38 @@ impl Broker {
     /// Like [`Broker::start`], with `extra` config lines appended to the
     /// standard config (for most options, mosquitto takes the last value).
     pub fn start_with(extra: &str) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-test-broker-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("Broker: cannot create a temp dir: {e}"));
+        Broker::start_in(new_dir(), extra)
+    }
+
+    /// Like [`Broker::start`], with logins checked against a mosquitto
+    /// `password_file` (made with `mosquitto_passwd`) holding `users`
+    /// (username, password). A client that sends a username must send its
+    /// password; with `allow_anonymous`, clients without a username (the
+    /// harness's own publishers and collectors) are let in too.
+    pub fn start_with_logins(users: &[(&str, &str)], allow_anonymous: bool) -> Broker {
+        let dir = new_dir();
+        let file = dir.path().join("passwords");
+        for (i, (username, password)) in users.iter().enumerate() {
+            let mut command = Command::new(mosquitto_passwd_bin());
+            command.arg("-b");
+            if i == 0 {
+                command.arg("-c");
+            }
+            let status = command
+                .arg(&file)
+                .arg(username)
+                .arg(password)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("Broker: cannot run mosquitto_passwd: {e}"));
+            assert!(status.success(), "Broker: mosquitto_passwd failed: {status}");
+        }
+        let extra = format!("password_file {}\nallow_anonymous {allow_anonymous}\n", file.display());
+        Broker::start_in(dir, &extra)
+    }
+
+    fn start_in(dir: TempDir, extra: &str) -> Broker {
         let mut broker = Broker {
             port: free_port(),
             dir,
@@ -324,6 +352,23 @@ pub fn mosquitto_bin() -> PathBuf {
         ])
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("mosquitto not found (PATH, /usr/sbin): run scripts/test, which installs it"))
+}
+
+fn new_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ferry-test-broker-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("Broker: cannot create a temp dir: {e}"))
+}
+
+/// `mosquitto_passwd`, from the same directory as the mosquitto binary when it
+/// is there (Debian: /usr/bin beside /usr/sbin, so also the PATH).
+fn mosquitto_passwd_bin() -> PathBuf {
+    let beside = mosquitto_bin().with_file_name("mosquitto_passwd");
+    [beside, PathBuf::from("/usr/bin/mosquitto_passwd")]
+        .into_iter()
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("mosquitto_passwd"))
 }
 
 /// The text a file gained after its first `offset` bytes.

@@ -41,6 +41,30 @@ pub fn run_ferry(ferry_bin: impl AsRef<Path>, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Like [`run_ferry`] for a command that must end by itself (`ferry run`
+/// with a config it refuses): a ferry still running after `timeout` is
+/// killed, and its output returned with the signal as its status.
+pub fn run_ferry_bounded(ferry_bin: impl AsRef<Path>, args: &[&str], timeout: Duration) -> Output {
+    let bin = ferry_bin.as_ref();
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", bin.display()))
+}
+
 pub struct Ferry {
     bin: PathBuf,
     dir: TempDir,

@@ -50,6 +50,7 @@
 mod broker;
 mod disk;
 mod ferry;
+mod http;
 mod metrics;
 mod mqtt;
 pub mod peer;
@@ -65,7 +66,8 @@ mod wait;
 
 pub use broker::{Broker, MAX_INFLIGHT};
 pub use disk::{dir_size, free_bytes};
-pub use ferry::{run_ferry, scrape_addr, Ferry};
+pub use ferry::{run_ferry, run_ferry_bounded, scrape_addr, Ferry};
+pub use http::{http_request, HttpReply};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
     check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload, seq_payload_intact,
