@@ -13,40 +13,12 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 async fn eight_edges_both_directions_deliver_everything_in_order() {
     const N: u64 = 2_000;
     let net = Topology::start(8, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
 
-    let mut down = Vec::new();
-    for (i, edge) in net.edges.iter().enumerate() {
-        down.push(Collector::start(edge.addr(), &format!("t-down-{i}"), "down/#", QoS::AtLeastOnce).await);
-    }
+    let down = net.down_collectors().await;
     let up = Collector::start(net.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
 
-    let mut publishers = Vec::new();
-    for i in 0..net.edges.len() {
-        let hub = net.hub.addr();
-        let edge = net.edges[i].addr();
-        publishers.push(tokio::spawn(async move {
-            publish_n(
-                hub,
-                move |_| down_topic(i),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        }));
-        publishers.push(tokio::spawn(async move {
-            publish_n(
-                edge,
-                |_| "up/t".to_string(),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        }));
-    }
+    let publishers = net.spawn_traffic_both_ways(N);
     for p in publishers {
         p.await.expect("publisher task");
     }
@@ -87,8 +59,7 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
     const BACKLOG: u64 = 50_000;
     const OTHERS: u64 = 500;
     let mut net = Topology::start(8, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let victim = Collector::start(net.edges[0].addr(), "t-victim", "down/#", QoS::AtLeastOnce).await;
     let mut others = Vec::new();
     for i in 1..8 {
@@ -99,29 +70,13 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
     net.edges[0].kill9();
 
     let hub = net.hub.addr();
-    let backlog = tokio::spawn(async move {
-        publish_n(
-            hub,
-            |_| down_topic(0),
-            BACKLOG,
-            QoS::AtLeastOnce,
-            |s| seq_payload(s, 128),
-        )
-        .await
-    });
+    let backlog = tokio::spawn(async move { publish_seqs(hub, down_topic(0), 0..BACKLOG, 128).await });
     // While the backlog piles up, the other seven edges get their traffic.
     let started = Instant::now();
     let mut publishers = Vec::new();
     for i in 1..8usize {
         publishers.push(tokio::spawn(async move {
-            publish_n(
-                hub,
-                move |_| down_topic(i),
-                OTHERS,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
+            publish_seqs(hub, down_topic(i), 0..OTHERS, 128).await
         }));
     }
     for p in publishers {
@@ -167,21 +122,13 @@ async fn edge_killed_during_a_50k_backlog_gets_all_of_it_in_order_and_others_are
 async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
     const N: u64 = 5_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     // The edge stops cleanly: the collector's subscription survives.
     net.queue_backlog(&ferry, 0, N, 128).await;
     ferry.kill9();
     // More traffic while ferry is dead: the hub keeps it in ferry's session.
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(0),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(N + s, 128),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(0), N..2 * N, 128).await;
 
     ferry.restart();
     net.wait_queued(&ferry, 0, 2 * N).await;
@@ -196,27 +143,14 @@ async fn ferry_killed_with_a_queued_backlog_loses_nothing() {
 async fn hub_restarted_under_traffic_loses_nothing_either_way() {
     const N: u64 = 4_000;
     let mut net = Topology::start(1, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let down = Collector::start(net.edges[0].addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     let up = Collector::start(net.hub.addr(), "t-up", "edge/0/up/#", QoS::AtLeastOnce).await;
 
     let hub = net.hub.addr();
     let edge = net.edges[0].addr();
-    let out_pub =
-        tokio::spawn(
-            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
-        );
-    let in_pub = tokio::spawn(async move {
-        publish_n(
-            edge,
-            |_| "up/t".to_string(),
-            N,
-            QoS::AtLeastOnce,
-            |s| seq_payload(s, 128),
-        )
-        .await
-    });
+    let out_pub = tokio::spawn(async move { publish_seqs(hub, down_topic(0), 0..N, 128).await });
+    let in_pub = tokio::spawn(async move { publish_seqs(edge, "up/t", 0..N, 128).await });
     // Restart the hub (clean stop: it saves sessions) while both flows run.
     assert!(
         wait_until(LONG, Duration::from_millis(20), || down.distinct_count() >= 500).await,
@@ -238,8 +172,7 @@ async fn hub_restarted_under_traffic_loses_nothing_either_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_sizes_utf8_topics_retain_and_qos_pass_unchanged() {
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let _ferry = net.start_ferry_all_up(FERRY).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink", "down/#", QoS::AtLeastOnce).await;
     let cases: Vec<(String, Vec<u8>)> = vec![
         ("edge/0/down/one".into(), vec![0x5a]),
@@ -335,14 +268,7 @@ qos = 2
     );
     // QoS 0 end to end is best effort on the wire, but ferry queues it:
     // with nothing failing, all of it arrives.
-    publish_n(
-        hub.addr(),
-        |_| "q0/x".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    publish_seqs(hub.addr(), "q0/x", 0..N, 64).await;
     assert!(r0.wait_distinct(N as usize, LONG).await, "{}", r0.describe());
     assert!(r0.messages().iter().all(|m| m.qos == QoS::AtMostOnce));
 }
@@ -407,30 +333,7 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
         ),
     ];
     for (what, text, line, needle) in cases {
-        let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
-        std::fs::write(&path, &text).unwrap();
-        for cmd in ["check", "run"] {
-            let out = run_ferry(FERRY, &[cmd, "--config", path.to_str().unwrap()]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{what} ({cmd}): exit status; stderr: {stderr}"
-            );
-            let want = format!("{}:{line}:", path.display());
-            assert!(
-                stderr.contains(&want),
-                "{what} ({cmd}): expected {want} in: {stderr}\n--- config ---\n{text}"
-            );
-            assert!(
-                stderr.contains(needle),
-                "{what} ({cmd}): expected {needle:?} in: {stderr}"
-            );
-        }
-        assert!(
-            !data.exists(),
-            "{what}: ferry created its data_dir although the config is bad"
-        );
+        assert_config_refused(FERRY, dir.path(), &data, what, &text, line, needle);
     }
     // And a good one is accepted and explained.
     let good = dir.path().join("good.toml");
@@ -469,8 +372,7 @@ fn bad_configs_are_refused_with_the_line_and_nothing_starts() {
 async fn sigterm_commits_closes_and_exits_zero() {
     const N: u64 = 1_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
     net.queue_backlog(&ferry, 0, N, 128).await;
     let status = ferry.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", ferry.log_tail(30));

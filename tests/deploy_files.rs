@@ -136,10 +136,18 @@ fn output_text(out: &std::process::Output) -> String {
     )
 }
 
-/// Runs `program args` when it is installed; None when it is not.
-fn run_if_installed(program: &str, args: &[&str]) -> Option<std::process::Output> {
+/// Runs `program args` when it is installed: its exit status and its stdout
+/// followed by its stderr; None when it is not installed.
+fn run_if_installed(program: &str, args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
     match Command::new(program).args(args).output() {
-        Ok(out) => Some(out),
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some((out.status, text))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             eprintln!("{program} is not installed: check skipped");
             None
@@ -152,12 +160,12 @@ fn run_if_installed(program: &str, args: &[&str]) -> Option<std::process::Output
 fn promtool_accepts_the_prometheus_config_and_alert_rules() {
     let dir = deploy_dir();
     let config = dir.join("prometheus.yml");
-    let Some(out) = run_if_installed("promtool", &["check", "config", config.to_str().unwrap_or_default()]) else {
+    let Some((status, text)) = run_if_installed("promtool", &["check", "config", config.to_str().unwrap_or_default()])
+    else {
         return;
     };
-    let text = output_text(&out);
     assert!(
-        out.status.success(),
+        status.success(),
         "promtool check config (which also checks the rules):\n{text}"
     );
     assert!(
@@ -165,12 +173,12 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules() {
         "prometheus.yml does not load the alert rules:\n{text}"
     );
     let tests = dir.join("ferry-alerts.test.yml");
-    let Some(out) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()]) else {
+    let Some((status, text)) = run_if_installed("promtool", &["test", "rules", tests.to_str().unwrap_or_default()])
+    else {
         return;
     };
-    let text = output_text(&out);
     assert!(
-        out.status.success(),
+        status.success(),
         "promtool test rules (the alerts' unit tests):\n{text}"
     );
 }
@@ -192,12 +200,12 @@ fn systemd_accepts_the_unit() {
     let path = dir.path().join("ferry.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/ferry", env!("CARGO_BIN_EXE_ferry")))
         .unwrap_or_else(|e| panic!("{e}"));
-    let Some(out) = run_if_installed("systemd-analyze", &["verify", path.to_str().unwrap_or_default()]) else {
+    let Some((status, text)) = run_if_installed("systemd-analyze", &["verify", path.to_str().unwrap_or_default()])
+    else {
         return;
     };
-    let text = output_text(&out);
     assert!(
-        out.status.success() && !text.contains("ferry.service:"),
+        status.success() && !text.contains("ferry.service:"),
         "systemd-analyze verify:\n{text}"
     );
 }

@@ -45,12 +45,9 @@ async fn edge_power_loss_is_noticed_within_two_keepalives_and_its_backlog_drains
 
     // While edge0 is dark: its messages queue, edge1's flow on.
     let hub = net.hub.addr();
-    let backlog =
-        tokio::spawn(
-            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
-        );
+    let backlog = tokio::spawn(async move { publish_seqs(hub, down_topic(0), 0..N, 128).await });
     let other_started = Instant::now();
-    publish_n(hub, |_| down_topic(1), OTHER, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await;
+    publish_seqs(hub, down_topic(1), 0..OTHER, 128).await;
     assert!(
         sink1.wait_distinct(OTHER as usize, Duration::from_secs(20)).await,
         "edge1 delayed: {}",
@@ -92,14 +89,8 @@ async fn a_panicking_link_task_is_restarted_and_the_other_link_keeps_delivering(
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
     let hub = net.hub.addr();
-    let p0 =
-        tokio::spawn(
-            async move { publish_n(hub, |_| down_topic(0), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
-        );
-    let p1 =
-        tokio::spawn(
-            async move { publish_n(hub, |_| down_topic(1), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await },
-        );
+    let p0 = tokio::spawn(async move { publish_seqs(hub, down_topic(0), 0..N, 128).await });
+    let p1 = tokio::spawn(async move { publish_seqs(hub, down_topic(1), 0..N, 128).await });
     p0.await.expect("publisher 0");
     p1.await.expect("publisher 1");
     assert!(sink0.wait_distinct(N as usize, LONG).await, "{}", sink0.describe());
@@ -146,14 +137,7 @@ async fn a_full_disk_holds_messages_at_the_source_and_ferry_resumes_by_itself() 
     net.edges[0].stop(); // everything for the edge now queues on disk
 
     let filler = fs.fill_leaving(2 << 20);
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(0),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 2048),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(0), 0..N, 2048).await;
     assert!(
         ferry.wait_log("the disk is full", LONG).await,
         "no disk-full error logged; log:\n{}",
@@ -179,31 +163,10 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
     const N: u64 = 6_000;
     const CRASHES: u64 = 20;
     let mut net = Topology::start(2, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
-    let sinks = [
-        Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await,
-        Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await,
-    ];
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
+    let sinks = net.down_collectors().await;
     let up = Collector::start(net.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
-    let hub = net.hub.addr();
-    let mut publishers = Vec::new();
-    for i in 0..2usize {
-        let edge = net.edges[i].addr();
-        publishers.push(tokio::spawn(async move {
-            publish_n(
-                hub,
-                move |_| down_topic(i),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        }));
-        publishers.push(tokio::spawn(async move {
-            publish_n(edge, |_| "up/t".into(), N, QoS::AtLeastOnce, |s| seq_payload(s, 128)).await
-        }));
-    }
+    let publishers = net.spawn_traffic_both_ways(N);
     let seed = fastrand::u64(..);
     eprintln!("crash loop seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -260,21 +223,14 @@ async fn crash_loop_of_twenty_kill9s_loses_nothing_and_keeps_order() {
 async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_ferry_start() {
     const N: u64 = 2_000;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
     net.queue_backlog(&ferry, 0, N, 256).await;
     assert!(ferry.terminate().success());
 
     // Damage the database: cut it in half, as a failing disk might.
     let store_dir = net.data.path().join("store");
     let db = store_dir.join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut_in_half(&db);
 
     let config = ferry.config_path();
     let out = run_ferry(FERRY, &["run", "--config", config.to_str().unwrap()]);
@@ -306,14 +262,7 @@ async fn a_damaged_store_stops_start_up_with_a_clear_error_and_quarantine_lets_f
     let sink = Collector::start(net.edges[0].addr(), "t-after", "down/#", QoS::AtLeastOnce).await;
     ferry.restart();
     net.wait_all_up(&ferry).await;
-    publish_n(
-        net.hub.addr(),
-        |_| "edge/0/down/after".into(),
-        100,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), "edge/0/down/after", 0..100, 64).await;
     assert!(
         wait_until(LONG, Duration::from_millis(50), || sink
             .messages()
@@ -342,8 +291,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let mut net = Topology::start(EDGES, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let mut sinks = Vec::new();
     for i in 0..EDGES {
         sinks.push(Collector::start(net.edges[i].addr(), &format!("t-sink{i}"), "down/#", QoS::AtLeastOnce).await);
@@ -361,14 +309,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
         let mut sent = 0;
         while sent < BACKLOG {
             let base = sent;
-            publish_n(
-                hub,
-                |_| down_topic(0),
-                chunk,
-                QoS::AtLeastOnce,
-                move |s| seq_payload(base + s, 64),
-            )
-            .await;
+            publish_seqs(hub, down_topic(0), base..base + chunk, 64).await;
             sent += chunk;
             let caught_up = wait_until_async(LONG, Duration::from_millis(100), || async move {
                 scrape_addr(metrics)
@@ -390,14 +331,7 @@ async fn fleet_chaos_of_37_edges_loses_nothing_and_healthy_links_stay_fast() {
             let mut sent = 0;
             while sent < PER_EDGE {
                 let base = sent;
-                publish_n(
-                    hub,
-                    move |_| down_topic(i),
-                    chunk,
-                    QoS::AtLeastOnce,
-                    move |s| seq_payload(base + s, 128),
-                )
-                .await;
+                publish_seqs(hub, down_topic(i), base..base + chunk, 128).await;
                 sent += chunk;
                 tokio::time::sleep(pause).await;
             }

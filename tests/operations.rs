@@ -89,8 +89,7 @@ fn with_links(net: &Topology, keep: &[usize]) -> String {
 async fn pause_stops_forwarding_while_queueing_continues_and_resume_drains() {
     const N: u64 = 2_000;
     let net = Topology::start(2, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
 
@@ -99,22 +98,8 @@ async fn pause_stops_forwarding_while_queueing_continues_and_resume_drains() {
     wait_state(&net, "edge0", "paused").await;
     let edge1_connects = connects(&ferry, "edge1");
 
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(0),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 128),
-    )
-    .await;
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(1),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 128),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(0), 0..N, 128).await;
+    publish_seqs(net.hub.addr(), down_topic(1), 0..N, 128).await;
     // Queueing goes on for the paused link; the other link forwards.
     net.wait_queued(&ferry, 0, N).await;
     assert!(
@@ -155,19 +140,11 @@ async fn pause_stops_forwarding_while_queueing_continues_and_resume_drains() {
 async fn drain_then_pause_empties_the_queue_then_pauses() {
     const N: u64 = 1_500;
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let sink = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     ok(ctl(&net, &["link", "pause", "edge0"]));
     wait_state(&net, "edge0", "paused").await;
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(0),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 128),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(0), 0..N, 128).await;
     net.wait_queued(&ferry, 0, N).await;
 
     let said = ok(ctl(&net, &["link", "drain", "edge0"]));
@@ -182,14 +159,7 @@ async fn drain_then_pause_empties_the_queue_then_pauses() {
     check_in_order(&sink.messages(), N).unwrap_or_else(|e| panic!("{e}"));
 
     // Paused after the drain: new messages are queued, not forwarded.
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(0),
-        100,
-        QoS::AtLeastOnce,
-        |s| seq_payload(N + s, 128),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(0), N..N + 100, 128).await;
     net.wait_queued(&ferry, 0, 100).await;
     ok(ctl(&net, &["link", "resume", "edge0"]));
     assert!(sink.wait_distinct(N as usize + 100, LONG).await, "{}", sink.describe());
@@ -200,24 +170,13 @@ async fn drain_then_pause_empties_the_queue_then_pauses() {
 async fn restarting_one_link_leaves_the_others_flowing() {
     const N: u64 = 6_000;
     let net = Topology::start(2, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let sink0 = Collector::start(net.edges[0].addr(), "t-sink0", "down/#", QoS::AtLeastOnce).await;
     let sink1 = Collector::start(net.edges[1].addr(), "t-sink1", "down/#", QoS::AtLeastOnce).await;
     let edge1_connects = connects(&ferry, "edge1");
     let hub = net.hub.addr();
-    let publishers = [0usize, 1].map(|i| {
-        tokio::spawn(async move {
-            publish_n(
-                hub,
-                move |_| down_topic(i),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        })
-    });
+    let publishers =
+        [0usize, 1].map(|i| tokio::spawn(async move { publish_seqs(hub, down_topic(i), 0..N, 128).await }));
 
     // Restart edge0 three times while both links carry traffic, and watch
     // edge1's deliveries: the longest pause between two of them.
@@ -320,14 +279,7 @@ async fn reload_adds_removes_and_changes_links_and_refuses_a_bad_file() {
 
     // Traffic flows on the added link; the removed one forwards nothing.
     let sink3 = Collector::start(net.edges[3].addr(), "t-sink3", "down/#", QoS::AtLeastOnce).await;
-    publish_n(
-        net.hub.addr(),
-        |_| down_topic(3),
-        200,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    publish_seqs(net.hub.addr(), down_topic(3), 0..200, 64).await;
     assert!(sink3.wait_distinct(200, LONG).await, "{}", sink3.describe());
 
     // A bad file is refused with the line, and the running config stays.
@@ -371,8 +323,7 @@ async fn reload_adds_removes_and_changes_links_and_refuses_a_bad_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_topic_is_retained_and_flips_to_offline_when_ferry_is_killed() {
     let net = Topology::start(1, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
     let watcher = Collector::start(net.hub.addr(), "t-state", "ferry/+/state", QoS::AtLeastOnce).await;
     let last_state = |c: &Collector| {
         c.messages()
@@ -428,8 +379,7 @@ async fn operator_errors_say_what_to_do_and_health_endpoints_answer() {
         text(&out)
     );
 
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let out = ctl(&net, &["link", "pause", "nosuch"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(

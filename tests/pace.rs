@@ -58,14 +58,7 @@ async fn queue_backlogs(net: &Topology, ferry: &Ferry, links: &[usize]) {
         ctl(net, &["link", "pause", &format!("edge{i}")]).await;
     }
     for &i in links {
-        publish_n(
-            net.hub.addr(),
-            move |_| down_topic(i),
-            N,
-            QoS::AtLeastOnce,
-            |s| seq_payload(s, 64),
-        )
-        .await;
+        publish_seqs(net.hub.addr(), down_topic(i), 0..N, 64).await;
         net.wait_queued(ferry, i, N).await;
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use testkit::peer::{one_link_config, Peer, PeerScript, PeerState};
+use testkit::peer::{start_one_link, Peer, PeerScript, PeerState};
 use testkit::*;
 
 /// The ferry binary Cargo built for these tests (testkit runs the one it is given).
@@ -28,23 +28,31 @@ fn first_seqs(payloads: &[Vec<u8>]) -> Vec<u64> {
 
 const OUT: [(&str, &str); 2] = [("link", "e1"), ("direction", "out")];
 
+/// The labels of link e1's `out` route with `("reason", reason)` first.
+fn out_with_reason(reason: &str) -> [(&str, &str); 3] {
+    [("reason", reason), OUT[0], OUT[1]]
+}
+
+/// Waits until `down` got every seq of `0..n` but `skipped`, and checks that
+/// their first arrivals came in order.
+async fn assert_delivered_in_order_but(down: &Collector, ferry: &Ferry, n: u64, skipped: u64) {
+    assert!(
+        down.wait_distinct(n as usize - 1, LONG).await,
+        "{}\n{}",
+        down.describe(),
+        ferry.log_tail(20)
+    );
+    let payloads: Vec<Vec<u8>> = down.messages().iter().map(|m| m.payload.to_vec()).collect();
+    let expected: Vec<u64> = (0..n).filter(|s| *s != skipped).collect();
+    assert_eq!(first_seqs(&payloads), expected);
+}
+
 /// Starts ferry from `hub` to the scripted `edge` (`extra`: more
 /// `[defaults]` lines) and publishes `n` messages of 64 bytes on the hub.
 async fn forward_to_peer(hub: &Broker, edge: &Peer, extra: &str, n: u64) -> (tempfile::TempDir, Ferry) {
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(
-        FERRY,
-        &one_link_config(data.path(), free_port(), hub.port(), edge.port(), extra),
-    );
+    let (data, ferry) = start_one_link(FERRY, hub.port(), edge.port(), extra);
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        n,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 64),
-    )
-    .await;
+    publish_seqs(hub.addr(), "edge/1/down/t", 0..n, 64).await;
     (data, ferry)
 }
 
@@ -62,20 +70,10 @@ async fn assert_accepted_in_order(edge: &Peer, ferry: &Ferry, n: u64) -> PeerSta
     st
 }
 
-/// received = forwarded + dropped + queued, as exported, once it settles.
+/// received = forwarded + dropped + queued, as exported, once it settles,
+/// and nothing left queued.
 async fn assert_invariant(ferry: &Ferry) {
-    let mut last = String::new();
-    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-        let m = ferry.scrape();
-        let r = m.get_or_zero("ferry_messages_received_total", &OUT);
-        let f = m.get_or_zero("ferry_messages_forwarded_total", &OUT);
-        let d = m.get_or_zero("ferry_messages_dropped_total", &OUT);
-        let q = m.get_or_zero("ferry_queue_messages", &OUT);
-        last = format!("received {r} forwarded {f} dropped {d} queued {q}");
-        r > 0.0 && r == f + d + q && q == 0.0
-    })
-    .await;
-    assert!(ok, "invariant broken or queue not empty: {last}");
+    ferry.assert_invariant(OUT[0].1, OUT[1].1, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,11 +83,7 @@ async fn message_larger_than_the_destination_maximum_is_dropped_and_the_queue_mo
     let hub = Broker::start();
     // mosquitto announces max_packet_size in its CONNACK (Maximum Packet Size).
     let edge = Broker::start_with("max_packet_size 1024\n");
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(
-        FERRY,
-        &one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""),
-    );
+    let (_data, ferry) = start_one_link(FERRY, hub.port(), edge.port(), "");
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
     publish_n(
@@ -100,17 +94,8 @@ async fn message_larger_than_the_destination_maximum_is_dropped_and_the_queue_mo
         |s| seq_payload(s, if s == BIG { 2048 } else { 100 }),
     )
     .await;
-    assert!(
-        down.wait_distinct(N as usize - 1, LONG).await,
-        "{}\n{}",
-        down.describe(),
-        ferry.log_tail(20)
-    );
-    let payloads: Vec<Vec<u8>> = down.messages().iter().map(|m| m.payload.to_vec()).collect();
-    let expected: Vec<u64> = (0..N).filter(|s| *s != BIG).collect();
-    assert_eq!(first_seqs(&payloads), expected);
-    let mut dropped = vec![("reason", "too_large")];
-    dropped.extend(OUT);
+    assert_delivered_in_order_but(&down, &ferry, N, BIG).await;
+    let dropped = out_with_reason("too_large");
     ferry
         .wait_metric("ferry_messages_dropped_total", &dropped, |v| v == 1.0, LONG)
         .await
@@ -131,17 +116,7 @@ async fn message_larger_than_the_destination_maximum_is_dropped_and_the_queue_mo
 async fn quota_exceeded_is_retried_until_accepted_in_order() {
     const N: u64 = 1_000;
     let hub = Broker::start();
-    let edge = Peer::start(PeerScript {
-        ack: Arc::new(|n, _| {
-            Some(if n < 100 {
-                PubAckReason::QuotaExceeded
-            } else {
-                PubAckReason::Success
-            })
-        }),
-        ..PeerScript::default()
-    })
-    .await;
+    let edge = Peer::start(PeerScript::refuse(PubAckReason::QuotaExceeded, |n| n < 100)).await;
     let (_data, ferry) = forward_to_peer(&hub, &edge, "", N).await;
     let st = assert_accepted_in_order(&edge, &ferry, N).await;
     assert!(
@@ -149,8 +124,7 @@ async fn quota_exceeded_is_retried_until_accepted_in_order() {
         "the refused ones were not sent again"
     );
     let m = ferry.scrape();
-    let mut rejected = vec![("reason", "rejected")];
-    rejected.extend(OUT);
+    let rejected = out_with_reason("rejected");
     assert_eq!(m.get_or_zero("ferry_messages_dropped_total", &rejected), 0.0);
     assert!(m.get_or_zero("ferry_publish_retries_total", &OUT) >= 100.0);
     assert_invariant(&ferry).await;
@@ -160,20 +134,9 @@ async fn quota_exceeded_is_retried_until_accepted_in_order() {
 async fn permanent_refusal_is_dropped_as_rejected() {
     const N: u64 = 200;
     let hub = Broker::start();
-    let edge = Peer::start(PeerScript {
-        ack: Arc::new(|n, _| {
-            Some(if n == 10 {
-                PubAckReason::NotAuthorized
-            } else {
-                PubAckReason::Success
-            })
-        }),
-        ..PeerScript::default()
-    })
-    .await;
+    let edge = Peer::start(PeerScript::refuse(PubAckReason::NotAuthorized, |n| n == 10)).await;
     let (_data, ferry) = forward_to_peer(&hub, &edge, "", N).await;
-    let mut rejected = vec![("reason", "rejected")];
-    rejected.extend(OUT);
+    let rejected = out_with_reason("rejected");
     ferry
         .wait_metric("ferry_messages_dropped_total", &rejected, |v| v == 1.0, LONG)
         .await
@@ -226,22 +189,10 @@ async fn mapped_topic_with_a_wildcard_is_refused_at_ingest() {
     })
     .await;
     let edge = Broker::start();
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(
-        FERRY,
-        &one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""),
-    );
+    let (_data, ferry) = start_one_link(FERRY, hub.port(), edge.port(), "");
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
-    assert!(
-        down.wait_distinct(N as usize - 1, LONG).await,
-        "{}\n{}",
-        down.describe(),
-        ferry.log_tail(20)
-    );
-    let payloads: Vec<Vec<u8>> = down.messages().iter().map(|m| m.payload.to_vec()).collect();
-    assert_eq!(first_seqs(&payloads), (0..N).filter(|s| *s != BAD).collect::<Vec<_>>());
-    let mut refused = vec![("reason", "invalid_topic")];
-    refused.extend(OUT);
+    assert_delivered_in_order_but(&down, &ferry, N, BAD).await;
+    let refused = out_with_reason("invalid_topic");
     ferry
         .wait_metric("ferry_messages_refused_total", &refused, |v| v == 1.0, LONG)
         .await

@@ -18,10 +18,22 @@
 use std::time::{Duration, Instant};
 
 use testkit::powerfs::PowerFs;
-use testkit::{check_in_order, free_port, publish_n, run_ferry, seq_payload, Broker, Collector, Ferry, QoS, LONG};
+use testkit::{check_in_order, free_port, publish_seqs, run_ferry, Broker, Collector, Ferry, QoS, LONG};
 
 /// The ferry binary Cargo built for these tests (testkit runs the one it is given).
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Waits until link `edge0` is connected to the hub (it takes messages).
+async fn wait_hub_side_up(ferry: &Ferry) -> Result<f64, String> {
+    ferry
+        .wait_metric(
+            "ferry_connection_up",
+            &[("link", "edge0"), ("side", "hub")],
+            |v| v >= 1.0,
+            LONG,
+        )
+        .await
+}
 
 const MESSAGES: u64 = 20_000;
 /// At least this many power cuts, and more until the stream has ended.
@@ -81,15 +93,7 @@ async fn acknowledged_messages_survive_power_cuts() {
     let mut ferry = Ferry::start_with_env(FERRY, &config(&data_dir, free_port(), &hub, edge.port()), env);
 
     // Messages published before ferry subscribed would go nowhere.
-    ferry
-        .wait_metric(
-            "ferry_connection_up",
-            &[("link", "edge0"), ("side", "hub")],
-            |v| v >= 1.0,
-            LONG,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    wait_hub_side_up(&ferry).await.unwrap_or_else(|e| panic!("{e}"));
     let hub_addr = hub.addr();
     // A steady stream: CHUNK messages every PACE, numbered 0..MESSAGES.
     let publisher = tokio::spawn(async move {
@@ -97,14 +101,7 @@ async fn acknowledged_messages_survive_power_cuts() {
         let mut acked = 0;
         for chunk in 0..MESSAGES / CHUNK {
             let base = chunk * CHUNK;
-            let report = publish_n(
-                hub_addr,
-                |_| "edge/0/down/t".into(),
-                CHUNK,
-                QoS::AtLeastOnce,
-                move |s| seq_payload(base + s, 64),
-            )
-            .await;
+            let report = publish_seqs(hub_addr, "edge/0/down/t", base..base + CHUNK, 64).await;
             acked += report.acked;
             tokio::time::sleep_until((began + PACE * (chunk as u32 + 1)).into()).await;
         }
@@ -120,13 +117,7 @@ async fn acknowledged_messages_survive_power_cuts() {
         // Every third cut falls at a random moment of the start-up (store
         // creation and recovery); the others while ferry ingests.
         if round % 3 != 1 {
-            ferry
-                .wait_metric(
-                    "ferry_connection_up",
-                    &[("link", "edge0"), ("side", "hub")],
-                    |v| v >= 1.0,
-                    LONG,
-                )
+            wait_hub_side_up(&ferry)
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }

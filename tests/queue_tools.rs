@@ -56,8 +56,7 @@ fn stats_of(config: &std::path::Path, queue: &str) -> serde_json::Value {
 async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
     const N: u64 = 50;
     let mut net = Topology::start(1, "");
-    let mut ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let mut ferry = net.start_ferry_all_up(FERRY).await;
     net.queue_backlog(&ferry, 0, N, 64).await;
     assert!(
         ferry.terminate().success(),
@@ -186,8 +185,7 @@ async fn stats_peek_export_and_purge_a_stopped_ferrys_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tools_refuse_the_store_of_a_running_ferry() {
     let net = Topology::start(1, "");
-    let ferry = net.start_ferry(FERRY);
-    net.wait_all_up(&ferry).await;
+    let ferry = net.start_ferry_all_up(FERRY).await;
     let started = std::time::Instant::now();
     let err = stderr(&queue_cmd(&ferry.config_path(), &["stats"], 1));
     let data_dir = net.data.path().display().to_string();

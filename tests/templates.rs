@@ -183,26 +183,7 @@ fn bad_templates_are_refused_by_check_and_run_naming_the_line() {
         ("loop", loop_through_template, 11, "bridge loop"),
     ];
     for (what, text, line, needle) in cases {
-        let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
-        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        for cmd in ["check", "run"] {
-            let out = run_ferry(FERRY, &[cmd, "--config", &path.display().to_string()]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{what} ({cmd}): exit status; stderr: {stderr}"
-            );
-            let want = format!("{}:{line}:", path.display());
-            assert!(
-                stderr.contains(&want) && stderr.contains(needle),
-                "{what} ({cmd}): expected {want} and {needle:?} in: {stderr}\n--- config ---\n{text}"
-            );
-        }
-        assert!(
-            !data.exists(),
-            "{what}: ferry created its data_dir although the config is bad"
-        );
+        assert_config_refused(FERRY, dir.path(), &data, what, &text, line, needle);
     }
     // A good template is accepted and shown as written.
     let good = dir.path().join("good.toml");

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use testkit::peer::{one_link_config, Peer, PeerScript};
+use testkit::peer::{one_link_config, start_one_link, Peer, PeerScript};
 use testkit::*;
 
 /// The ferry binary Cargo built for these tests (testkit runs the one it is given).
@@ -59,14 +59,7 @@ async fn unthrottled_4k_burst_is_delivered_completely() {
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
 
     let started = std::time::Instant::now();
-    publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, SIZE),
-    )
-    .await;
+    publish_seqs(hub.addr(), "edge/1/down/t", 0..N, SIZE).await;
     let published_s = started.elapsed().as_secs_f64();
     let all = down.wait_distinct(N as usize, Duration::from_secs(600)).await;
     let m = ferry.scrape();
@@ -117,11 +110,7 @@ async fn peer_ignoring_receive_maximum_does_not_stop_the_link() {
     })
     .await;
     let edge = Broker::start();
-    let data = Ferry::data_dir_for_test();
-    let ferry = Ferry::start(
-        FERRY,
-        &one_link_config(data.path(), free_port(), hub.port(), edge.port(), ""),
-    );
+    let (_data, ferry) = start_one_link(FERRY, hub.port(), edge.port(), "");
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     let all = down.wait_distinct(N as usize, LONG).await;
     let peer = hub.state();
@@ -170,13 +159,7 @@ async fn stuck_connection_is_restarted_by_its_watchdog() {
     let ferry = Ferry::start_with_env(FERRY, &cfg, &[("FERRY_FAULT_STALL", "e1:drain:200")]);
     let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
     ferry.wait_link_up("e1", LONG).await.unwrap_or_else(|e| panic!("{e}"));
-    let publisher = tokio::spawn(publish_n(
-        hub.addr(),
-        |_| "edge/1/down/t".into(),
-        N,
-        QoS::AtLeastOnce,
-        |s| seq_payload(s, 256),
-    ));
+    let publisher = tokio::spawn(publish_seqs(hub.addr(), "edge/1/down/t", 0..N, 256));
     // The stuck connection is declared dead: `ferry status` says why.
     let status_url = format!("127.0.0.1:{admin_port}");
     let mut text = String::new();

@@ -795,13 +795,7 @@ fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
         store.checkpoint().unwrap();
     }
     let db = dir.path().join("store").join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    testkit::cut_in_half(&db);
     let err = Store::open(dir.path()).err().expect("a damaged store must not open");
     let text = err.to_string();
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");

@@ -1,5 +1,6 @@
 //! Disk use, as tests and benchmarks measure it: the bytes of the files under
-//! a directory, and the bytes free on a filesystem.
+//! a directory, and the bytes free on a filesystem; and a file damaged as a
+//! failing disk might leave it.
 
 use std::path::Path;
 
@@ -27,4 +28,16 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     // writable statvfs struct for the duration of the call.
     let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
     (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Cuts the file at `path` to half its length, as a failing disk might leave
+/// it (a store's database, to see that the damage is found and named).
+pub fn cut_in_half(path: &Path) {
+    let cut = std::fs::metadata(path).and_then(|meta| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(meta.len() / 2)
+    });
+    cut.unwrap_or_else(|e| panic!("cannot cut {} in half: {e}", path.display()));
 }

@@ -65,6 +65,45 @@ pub fn run_ferry_bounded(ferry_bin: impl AsRef<Path>, args: &[&str], timeout: Du
         .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", bin.display()))
 }
 
+/// Writes the bad config `text` to `<dir>/<what>.toml` and asserts that
+/// `ferry check` and `ferry run` both refuse it: exit status 1, stderr naming
+/// `<file>:<line>:` and containing `needle`; and that neither created the
+/// config's `data_dir`. `what` names the case in every failure message.
+pub fn assert_config_refused(
+    ferry_bin: impl AsRef<Path>,
+    dir: &Path,
+    data_dir: &Path,
+    what: &str,
+    text: &str,
+    line: usize,
+    needle: &str,
+) {
+    let path = dir.join(format!("{}.toml", what.replace(' ', "-")));
+    fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    for cmd in ["check", "run"] {
+        let out = run_ferry(&ferry_bin, &[cmd, "--config", &path.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what} ({cmd}): exit status; stderr: {stderr}"
+        );
+        let want = format!("{}:{line}:", path.display());
+        assert!(
+            stderr.contains(&want),
+            "{what} ({cmd}): expected {want} in: {stderr}\n--- config ---\n{text}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{what} ({cmd}): expected {needle:?} in: {stderr}"
+        );
+    }
+    assert!(
+        !data_dir.exists(),
+        "{what}: ferry created its data_dir although the config is bad"
+    );
+}
+
 pub struct Ferry {
     bin: PathBuf,
     dir: TempDir,
@@ -197,6 +236,31 @@ impl Ferry {
         let addr = self.metrics_addr.ok_or("the config has no [metrics] listen address")?;
         let body = http_get(addr, "/metrics")?;
         Metrics::parse(&body)
+    }
+
+    /// Asserts the counter invariant of link `link`'s `direction`, as
+    /// exported: received = forwarded + dropped + queued, with something
+    /// received; `drained`: and nothing left queued. Counters are exported
+    /// once a second, so it waits up to 10 s for a sample that holds.
+    pub async fn assert_invariant(&self, link: &str, direction: &str, drained: bool) {
+        let labels = [("link", link), ("direction", direction)];
+        let mut last = String::new();
+        let ok = crate::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            let m = self.scrape();
+            let r = m.get_or_zero("ferry_messages_received_total", &labels);
+            let f = m.get_or_zero("ferry_messages_forwarded_total", &labels);
+            let d = m.get_or_zero("ferry_messages_dropped_total", &labels);
+            let q = m.get_or_zero("ferry_queue_messages", &labels);
+            last = format!("received {r} forwarded {f} dropped {d} queued {q}");
+            r > 0.0 && r == f + d + q && (!drained || q == 0.0)
+        })
+        .await;
+        let broken = if drained {
+            "invariant broken or queue not empty"
+        } else {
+            "invariant broken"
+        };
+        assert!(ok, "{link}/{direction}: {broken}: {last}");
     }
 
     /// Scrapes every 100 ms until the metric (summed over the samples with the

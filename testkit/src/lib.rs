@@ -65,13 +65,13 @@ mod topology;
 mod wait;
 
 pub use broker::{Broker, MAX_INFLIGHT};
-pub use disk::{dir_size, free_bytes};
-pub use ferry::{run_ferry, run_ferry_bounded, scrape_addr, Ferry};
+pub use disk::{cut_in_half, dir_size, free_bytes};
+pub use ferry::{assert_config_refused, run_ferry, run_ferry_bounded, scrape_addr, Ferry};
 pub use http::{http_request, HttpReply};
 pub use metrics::{Metrics, Sample};
 pub use mqtt::{
-    check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, seq_payload, seq_payload_intact,
-    Collector, OrderReport, PublishReport, Received,
+    check_in_order, check_in_order_across_topics, payload_seq, publish_n, publish_one, publish_seqs, seq_payload,
+    seq_payload_intact, Collector, OrderReport, PublishReport, Received,
 };
 pub use ports::free_port;
 pub use procfs::{cpu_secs, status_kib};

@@ -116,6 +116,27 @@ pub async fn publish_n(
     publish_all(addr, n, qos, false, topic_fn, payload_fn).await
 }
 
+/// The common case of [`publish_n`]: messages numbered `seqs`, all on
+/// `topic`, QoS 1, [`seq_payload`]s of `size` bytes; returns once every one
+/// is acknowledged.
+pub async fn publish_seqs(
+    addr: SocketAddr,
+    topic: impl Into<String>,
+    seqs: std::ops::Range<u64>,
+    size: usize,
+) -> PublishReport {
+    let topic = topic.into();
+    let first = seqs.start;
+    publish_n(
+        addr,
+        |_| topic.clone(),
+        seqs.end.saturating_sub(first),
+        QoS::AtLeastOnce,
+        move |s| seq_payload(first + s, size),
+    )
+    .await
+}
+
 /// Publishes one message (e.g. a retained one) and waits for its acknowledgement.
 pub async fn publish_one(addr: SocketAddr, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
     publish_all(addr, 1, qos, retain, |_| topic.to_string(), |_| payload.to_vec()).await;

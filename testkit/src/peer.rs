@@ -59,6 +59,18 @@ impl Default for PeerScript {
     }
 }
 
+impl PeerScript {
+    /// Destination role: PUBLISH number `n` (counted from 0 over all
+    /// connections) is answered with `reason` where `which(n)`, with
+    /// Success otherwise.
+    pub fn refuse(reason: PubAckReason, which: impl Fn(u64) -> bool + Send + Sync + 'static) -> PeerScript {
+        PeerScript {
+            ack: Arc::new(move |n, _| Some(if which(n) { reason } else { PubAckReason::Success })),
+            ..PeerScript::default()
+        }
+    }
+}
+
 /// Everything the peer saw.
 #[derive(Debug, Default, Clone)]
 pub struct PeerState {
@@ -328,6 +340,22 @@ pub fn one_link_config(
          [[links.routes]]\ndirection = \"out\"\nlocal = \"edge/1/down/#\"\nremote = \"down/#\"\nqos = 1\n",
         data.display()
     )
+}
+
+/// Starts `ferry_bin` with [`one_link_config`] (a fresh data directory, a
+/// free metrics port); the data directory lives as long as the returned handle.
+pub fn start_one_link(
+    ferry_bin: &str,
+    hub_port: u16,
+    edge_port: u16,
+    extra: &str,
+) -> (tempfile::TempDir, crate::Ferry) {
+    let data = crate::Ferry::data_dir_for_test();
+    let ferry = crate::Ferry::start(
+        ferry_bin,
+        &one_link_config(data.path(), crate::free_port(), hub_port, edge_port, extra),
+    );
+    (data, ferry)
 }
 
 fn empty_connack_properties() -> ConnAckProperties {

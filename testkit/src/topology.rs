@@ -2,9 +2,9 @@
 //! configuration that links them.
 
 use std::path::Path;
-use std::time::Duration;
+use tokio::task::JoinHandle;
 
-use crate::{free_port, publish_n, seq_payload, wait_until_async, Broker, Ferry, QoS, LONG};
+use crate::{free_port, publish_seqs, Broker, Collector, Ferry, PublishReport, QoS, LONG};
 
 /// The hub topic of edge `i`'s `out` route in a [`Topology`].
 pub fn down_topic(edge: usize) -> String {
@@ -82,10 +82,40 @@ impl Topology {
         Ferry::start(ferry_bin, &self.config())
     }
 
+    /// Starts ferry with [`Topology::config`] and waits until every link is up.
+    pub async fn start_ferry_all_up(&self, ferry_bin: impl AsRef<Path>) -> Ferry {
+        let ferry = self.start_ferry(ferry_bin);
+        self.wait_all_up(&ferry).await;
+        ferry
+    }
+
     pub async fn wait_all_up(&self, ferry: &Ferry) {
         for i in 0..self.edges.len() {
             ferry.wait_link_up(&format!("edge{i}"), LONG).await.unwrap();
         }
+    }
+
+    /// Spawns, for every edge `i`, a publisher of seqs `0..n` on the hub
+    /// (`down_topic(i)`, the `out` route) and one on the edge (`up/t`, the
+    /// `in` route), 128-byte seq payloads; the handles in that order.
+    pub fn spawn_traffic_both_ways(&self, n: u64) -> Vec<JoinHandle<PublishReport>> {
+        let hub = self.hub.addr();
+        let mut publishers = Vec::new();
+        for (i, edge) in self.edges.iter().enumerate() {
+            publishers.push(tokio::spawn(publish_seqs(hub, down_topic(i), 0..n, 128)));
+            publishers.push(tokio::spawn(publish_seqs(edge.addr(), "up/t", 0..n, 128)));
+        }
+        publishers
+    }
+
+    /// One [`Collector`] per edge on `down/#` (client ids `t-down-<i>`): what
+    /// each edge gets from its `out` route.
+    pub async fn down_collectors(&self) -> Vec<Collector> {
+        let mut down = Vec::new();
+        for (i, edge) in self.edges.iter().enumerate() {
+            down.push(Collector::start(edge.addr(), &format!("t-down-{i}"), "down/#", QoS::AtLeastOnce).await);
+        }
+        down
     }
 
     /// Stops edge `i` (cleanly: its sessions are kept) and publishes `n`
@@ -93,14 +123,7 @@ impl Topology {
     /// `size` bytes); returns once ferry has all of them queued.
     pub async fn queue_backlog(&mut self, ferry: &Ferry, i: usize, n: u64, size: usize) {
         self.edges[i].stop();
-        publish_n(
-            self.hub.addr(),
-            move |_| down_topic(i),
-            n,
-            QoS::AtLeastOnce,
-            move |s| seq_payload(s, size),
-        )
-        .await;
+        publish_seqs(self.hub.addr(), down_topic(i), 0..n, size).await;
         self.wait_queued(ferry, i, n).await;
     }
 
@@ -120,22 +143,9 @@ impl Topology {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// received = forwarded + dropped + queued, as exported.
+    /// received = forwarded + dropped + queued, as exported
+    /// ([`Ferry::assert_invariant`]).
     pub async fn assert_invariant(&self, ferry: &Ferry, link: &str, direction: &str) {
-        let labels = [("link", link), ("direction", direction)];
-        // Counters are exported once a second; wait for a consistent sample.
-        let mut last = String::new();
-        let ok = wait_until_async(Duration::from_secs(10), Duration::from_millis(200), || {
-            let m = ferry.scrape();
-            let r = m.get_or_zero("ferry_messages_received_total", &labels);
-            let f = m.get_or_zero("ferry_messages_forwarded_total", &labels);
-            let d = m.get_or_zero("ferry_messages_dropped_total", &labels);
-            let q = m.get_or_zero("ferry_queue_messages", &labels);
-            last = format!("received {r} forwarded {f} dropped {d} queued {q}");
-            let holds = r > 0.0 && r == f + d + q;
-            async move { holds }
-        })
-        .await;
-        assert!(ok, "{link}/{direction}: invariant broken: {last}");
+        ferry.assert_invariant(link, direction, false).await;
     }
 }
