@@ -200,6 +200,8 @@ fn monotonic_ms() -> u64 {
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// None: plain TCP.
+    pub tls: Option<crate::bridge::tls::TlsClient>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -308,6 +310,11 @@ impl ConnectionSpec {
         o.set_outgoing_inflight_upper_limit(self.inflight);
         o.set_max_packet_size(Some(self.max_packet_bytes));
         o.set_connection_timeout(connect_timeout(self.keepalive).as_secs().max(1));
+        if let Some(tls) = &e.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                tls.config.clone(),
+            )));
+        }
         if let (Some(user), Some(pass)) = (&e.username, &e.password) {
             o.set_credentials(user.clone(), pass.expose().to_owned());
         } else if let Some(user) = &e.username {
@@ -341,6 +348,14 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut epoch = 0u64;
     status.set_watchdog(spec.keepalive);
+    if spec
+        .endpoint
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.settings.insecure_skip_verify)
+    {
+        tracing::warn!(link, side, role, %addr, "INSECURE: insecure_skip_verify = true: the broker's certificate is NOT verified; anyone on the path can read and change this connection");
+    }
 
     while !stop.is_cancelled() {
         epoch += 1;
@@ -407,7 +422,10 @@ async fn attempt(
                 tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
                 (false, None)
             }
-            Ok(Err(e)) => return never_up("cannot connect", Some(e.to_string()), format!("cannot connect to {addr}: {e}")),
+            Ok(Err(e)) => {
+                let e = crate::bridge::tls::describe(&e);
+                return never_up("cannot connect", Some(e.clone()), format!("cannot connect to {addr}: {e}"));
+            }
             Err(_) => return never_up("cannot connect: timed out", None, format!("cannot connect to {addr}: timed out")),
         }
     };

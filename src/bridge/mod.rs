@@ -16,6 +16,7 @@ pub mod connection;
 pub mod drain;
 pub mod ingest;
 pub mod pace;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
     let hub_ep = Endpoint {
         host: hub.host.clone(),
         port: hub.port,
+        tls: hub.tls.clone(),
         client_id: link.hub_client_id(hub),
         username: hub.username.clone(),
         password: hub.password.clone(),
@@ -42,6 +44,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
     let edge_ep = Endpoint {
         host: link.host.clone(),
         port: link.port,
+        tls: link.tls.clone(),
         client_id: link.client_id.clone(),
         username: link.username.clone(),
         password: link.password.clone(),

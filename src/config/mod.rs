@@ -23,6 +23,7 @@
 mod error;
 mod raw;
 mod summary;
+mod tls;
 mod validate;
 mod values;
 
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bridge::pace::Rates;
+use crate::bridge::tls::TlsClient;
 use crate::names::{self, Direction};
 use crate::secret::Secret;
 use crate::store::{MaxBytes, Overflow};
@@ -54,6 +56,7 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
 const DEFAULT_STATE_TOPIC: &str = "ferry/{link}/state";
 const DEFAULT_HUB_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 1883;
+const DEFAULT_TLS_PORT: u16 = 8883;
 const DEFAULT_KEEPALIVE_SECS: u64 = 30;
 pub(crate) const DEFAULT_ACK_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_RECONNECT_MIN_MS: u64 = 200;
@@ -102,6 +105,8 @@ pub(crate) struct MetricsConfig {
 pub struct HubConfig {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `[hub.tls]`; None: plain TCP.
+    pub(crate) tls: Option<TlsClient>,
     /// Each link's hub connection uses "<client_id>-<link name>".
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,
@@ -117,6 +122,8 @@ pub struct LinkConfig {
     pub(crate) name: String,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `[links.tls]` or `[defaults.tls]`; None: plain TCP.
+    pub(crate) tls: Option<TlsClient>,
     /// The client id on the edge broker.
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,

@@ -41,6 +41,19 @@ pub(super) struct RawHub {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
     pub(super) state_topic: Option<Spanned<String>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[hub.tls]`, `[links.tls]`, `[defaults.tls]` (see `config/tls.rs`).
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) cert_file: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) server_name: Option<Spanned<String>>,
+    pub(super) alpn: Option<Vec<String>>,
+    pub(super) insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// The per-link settings that `[defaults]` can set for every link.
@@ -59,6 +72,7 @@ pub(super) struct RawTuning {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +101,7 @@ pub(super) struct RawLink {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
 }
 
 impl RawLink {
@@ -104,6 +119,7 @@ impl RawLink {
             drain_rate: self.drain_rate.clone(),
             drain_bytes_rate: self.drain_bytes_rate.clone(),
             ack_timeout_secs: self.ack_timeout_secs.clone(),
+            tls: self.tls.clone(),
         }
     }
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{line_of, Problem};
-use super::raw::{RawConfig, RawLink, RawRoute, RawTuning};
+use super::raw::{RawConfig, RawLink, RawRoute, RawTls, RawTuning};
+use super::tls::tls_value;
 use super::values::{
     credentials, format_size, integer_in, is_valid_link_name, listen_address, max_bytes_value, name_value, non_empty,
     parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
@@ -21,7 +22,7 @@ use super::{
     AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ACK_TIMEOUT_SECS, DEFAULT_ADMIN_LISTEN,
     DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_LISTEN,
     DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS,
-    MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
+    DEFAULT_TLS_PORT, MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
@@ -324,6 +325,7 @@ fn validate_link(
     text: &str,
     raw_link: &Spanned<RawLink>,
     defaults: &TuningLayer,
+    defaults_tls: Option<&Spanned<RawTls>>,
     problems: &mut Problems,
 ) -> Option<LinkConfig> {
     let raw = raw_link.get_ref();
@@ -341,6 +343,9 @@ fn validate_link(
     let port = problems.take_optional(&raw.port, port_value);
     let client_id = problems.take_optional(&raw.client_id, |id| non_empty("client_id", id));
     let credentials = problems.take(credentials(&raw.username, &raw.password));
+    let tls = problems.take_optional(&raw.tls.as_ref().or(defaults_tls), |table| {
+        tls_value(&format!("link {name:?}"), table)
+    });
 
     let tuning = validate_tuning(&raw.tuning(), problems)
         .over(defaults)
@@ -384,7 +389,8 @@ fn validate_link(
         client_id: client_id?.unwrap_or_else(|| names::default_edge_client_id(&name)),
         name,
         host: host?,
-        port: port?.unwrap_or(DEFAULT_PORT),
+        port: port?.unwrap_or(default_port(&tls)),
+        tls: tls?,
         username: credentials.clone()?.0,
         password: credentials?.1,
         enabled: raw.enabled.unwrap_or(true),
@@ -404,6 +410,14 @@ fn validate_link(
         },
         routes: routes.into_iter().map(|(route, _)| route).collect(),
     })
+}
+
+/// MQTT's port: 8883 with TLS, 1883 without (the `Option` of `take_optional`).
+fn default_port<T>(tls: &Option<Option<T>>) -> u16 {
+    match tls {
+        Some(Some(_)) => DEFAULT_TLS_PORT,
+        _ => DEFAULT_PORT,
+    }
 }
 
 /// Link names must be unique, and no two connections may share a client id
@@ -541,6 +555,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     let hub_client_id = problems.take_optional(&hub_raw.client_id, |id| non_empty("client_id", id));
     let hub_credentials = problems.take(credentials(&hub_raw.username, &hub_raw.password));
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
+    let hub_tls = problems.take_optional(&hub_raw.tls, |table| tls_value("hub", table));
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
@@ -563,7 +578,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     let links: Vec<Option<LinkConfig>> = raw
         .links
         .iter()
-        .map(|link| validate_link(text, link, &defaults, &mut problems))
+        .map(|link| validate_link(text, link, &defaults, raw.defaults.tls.as_ref(), &mut problems))
         .collect();
 
     if let Some(problem) = problems.first() {
@@ -589,7 +604,8 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
             host: hub_host
                 .ok_or_else(incomplete)?
                 .unwrap_or_else(|| DEFAULT_HUB_HOST.to_owned()),
-            port: hub_port.ok_or_else(incomplete)?.unwrap_or(DEFAULT_PORT),
+            port: hub_port.ok_or_else(incomplete)?.unwrap_or(default_port(&hub_tls)),
+            tls: hub_tls.ok_or_else(incomplete)?,
             client_id: hub_client_id.ok_or_else(incomplete)?,
             username,
             password,
