@@ -36,12 +36,14 @@ pub(super) struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHub {
     pub(super) host: Option<Spanned<String>>,
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
     pub(super) state_topic: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
 }
 
 /// `[hub.tls]`, `[links.tls]`, `[defaults.tls]` (see `config/tls.rs`).
@@ -73,13 +75,15 @@ pub(super) struct RawTuning {
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLink {
     pub(super) name: Spanned<String>,
-    pub(super) host: Spanned<String>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
@@ -102,6 +106,7 @@ pub(super) struct RawLink {
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
 }
 
 impl RawLink {
@@ -120,6 +125,7 @@ impl RawLink {
             drain_bytes_rate: self.drain_bytes_rate.clone(),
             ack_timeout_secs: self.ack_timeout_secs.clone(),
             tls: self.tls.clone(),
+            failback_secs: self.failback_secs.clone(),
         }
     }
 }

@@ -37,6 +37,9 @@ impl Config {
         if let Some(tls) = &hub.tls {
             line(format!("          {}", describe_tls(tls)));
         }
+        if hub.addresses.len() > 1 {
+            line(format!("          {}", describe_hosts(&hub.addresses, hub.failback)));
+        }
         line(match &hub.state_topic {
             Some(pattern) => format!("state     retained on the hub at {pattern:?}"),
             None => "state     off".to_owned(),
@@ -63,6 +66,9 @@ impl Config {
             ));
             if let Some(tls) = &link.tls {
                 line(format!("  {}", describe_tls(tls)));
+            }
+            if link.addresses.len() > 1 {
+                line(format!("  {}", describe_hosts(&link.addresses, link.failback)));
             }
             line(format!(
                 "  keepalive {}s, reconnect {}ms..{}ms, inflight {}, max message {}",
@@ -156,4 +162,14 @@ fn describe_tls(tls: &crate::bridge::tls::TlsClient) -> String {
         text.push_str("\n  WARNING: insecure_skip_verify = true: the broker's certificate is NOT verified");
     }
     text
+}
+
+/// `hosts  a:1883, b:1883 (in order; back to the first within 300s)`
+fn describe_hosts(addresses: &[(String, u16)], failback: std::time::Duration) -> String {
+    let list: Vec<String> = addresses.iter().map(|(host, port)| format!("{host}:{port}")).collect();
+    format!(
+        "hosts  {} (in order; back to the first within {}s of it answering)",
+        list.join(", "),
+        failback.as_secs()
+    )
 }

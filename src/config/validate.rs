@@ -12,6 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{line_of, Problem};
+use super::hosts::addresses;
 use super::raw::{RawConfig, RawLink, RawRoute, RawTls, RawTuning};
 use super::tls::tls_value;
 use super::values::{
@@ -20,9 +21,9 @@ use super::values::{
 };
 use super::{
     AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ACK_TIMEOUT_SECS, DEFAULT_ADMIN_LISTEN,
-    DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_LISTEN,
-    DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS,
-    DEFAULT_TLS_PORT, MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
+    DEFAULT_FAILBACK_SECS, DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_METRICS_LISTEN, DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS,
+    DEFAULT_RECONNECT_MIN_MS, DEFAULT_TLS_PORT, MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
 use crate::names::{self, Direction};
@@ -59,6 +60,7 @@ struct TuningLayer {
     drain_rate: Option<Option<u64>>,
     drain_bytes_rate: Option<Option<u64>>,
     ack_timeout: Option<Duration>,
+    failback: Option<Duration>,
 }
 
 impl TuningLayer {
@@ -77,6 +79,7 @@ impl TuningLayer {
             drain_rate: self.drain_rate.or(under.drain_rate),
             drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
             ack_timeout: self.ack_timeout.or(under.ack_timeout),
+            failback: self.failback.or(under.failback),
         }
     }
 }
@@ -96,6 +99,7 @@ fn builtin_tuning() -> TuningLayer {
         drain_rate: Some(None),
         drain_bytes_rate: Some(None),
         ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
+        failback: Some(Duration::from_secs(DEFAULT_FAILBACK_SECS)),
     }
 }
 
@@ -200,6 +204,7 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
             Ok(Duration::from_secs(secs))
         })
         .flatten();
+    layer.failback = problems.take_optional(&raw.failback_secs, failback_value).flatten();
     layer.drain_rate = problems
         .take_optional(&raw.drain_rate, |raw| rate_value("drain_rate", raw, parse_drain_rate))
         .flatten();
@@ -339,7 +344,7 @@ fn validate_link(
             ),
         ));
     }
-    let host = problems.take(non_empty("host", &raw.host));
+    let host = problems.take_optional(&raw.host, |host| non_empty("host", host));
     let port = problems.take_optional(&raw.port, port_value);
     let client_id = problems.take_optional(&raw.client_id, |id| non_empty("client_id", id));
     let credentials = problems.take(credentials(&raw.username, &raw.password));
@@ -347,6 +352,17 @@ fn validate_link(
         tls_value(&format!("link {name:?}"), table)
     });
 
+    let addresses = match (&host, &port, &tls) {
+        (Some(_), Some(port), Some(tls)) => problems.take(addresses(
+            &format!("link {name:?}"),
+            raw.host.as_ref(),
+            &raw.hosts,
+            port.unwrap_or(default_port(&Some(tls.as_ref()))),
+            None,
+            raw_link.span(),
+        )),
+        _ => None,
+    };
     let tuning = validate_tuning(&raw.tuning(), problems)
         .over(defaults)
         .over(&builtin_tuning());
@@ -385,11 +401,14 @@ fn validate_link(
     }
     check_bridge_loops(&routes, problems);
 
+    let addresses = addresses?;
     Some(LinkConfig {
         client_id: client_id?.unwrap_or_else(|| names::default_edge_client_id(&name)),
         name,
-        host: host?,
-        port: port?.unwrap_or(default_port(&tls)),
+        host: addresses.first()?.0.clone(),
+        port: addresses.first()?.1,
+        addresses,
+        failback: tuning.failback?,
         tls: tls?,
         username: credentials.clone()?.0,
         password: credentials?.1,
@@ -410,6 +429,16 @@ fn validate_link(
         },
         routes: routes.into_iter().map(|(route, _)| route).collect(),
     })
+}
+
+/// `failback_secs`: how often the first of `hosts` is probed while on another.
+fn failback_value(raw: &Spanned<i64>) -> Result<Duration, Problem> {
+    Ok(Duration::from_secs(integer_in(
+        "failback_secs",
+        raw,
+        1..=86_400,
+        " seconds",
+    )?))
 }
 
 /// MQTT's port: 8883 with TLS, 1883 without (the `Option` of `take_optional`).
@@ -556,6 +585,18 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     let hub_credentials = problems.take(credentials(&hub_raw.username, &hub_raw.password));
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
     let hub_tls = problems.take_optional(&hub_raw.tls, |table| tls_value("hub", table));
+    let hub_failback = problems.take_optional(&hub_raw.failback_secs, failback_value);
+    let hub_addresses = match (&hub_host, &hub_port, &hub_tls) {
+        (Some(_), Some(port), Some(tls)) => problems.take(addresses(
+            "[hub]",
+            hub_raw.host.as_ref(),
+            &hub_raw.hosts,
+            port.unwrap_or(default_port(&Some(tls.as_ref()))),
+            Some(DEFAULT_HUB_HOST),
+            0..0,
+        )),
+        _ => None,
+    };
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
@@ -585,6 +626,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
         return Err(problem);
     }
     let incomplete = || Problem::nowhere("invalid configuration");
+    let hub_addresses = hub_addresses.unwrap_or_default();
     let (username, password) = hub_credentials.ok_or_else(incomplete)?;
     Ok(Config {
         source: source.to_path_buf(),
@@ -601,10 +643,13 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
             listen: admin_listen.ok_or_else(incomplete)?,
         },
         hub: HubConfig {
-            host: hub_host
+            host: hub_addresses.first().ok_or_else(incomplete)?.0.clone(),
+            port: hub_addresses.first().ok_or_else(incomplete)?.1,
+            addresses: hub_addresses.clone(),
+            failback: hub_failback
                 .ok_or_else(incomplete)?
-                .unwrap_or_else(|| DEFAULT_HUB_HOST.to_owned()),
-            port: hub_port.ok_or_else(incomplete)?.unwrap_or(default_port(&hub_tls)),
+                .or(defaults.failback)
+                .unwrap_or(Duration::from_secs(DEFAULT_FAILBACK_SECS)),
             tls: hub_tls.ok_or_else(incomplete)?,
             client_id: hub_client_id.ok_or_else(incomplete)?,
             username,
