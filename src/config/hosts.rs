@@ -85,6 +85,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    use crate::config::tls::tests::error;
     use crate::config::Config;
 
     fn link(keys: &str) -> String {
@@ -92,13 +93,6 @@ mod tests {
             "data_dir = \"/tmp/q\"\n[defaults]\nfailback_secs = 60\n[[links]]\nname = \"edge1\"\n{keys}\n\
              [[links.routes]]\ndirection = \"out\"\nlocal = \"a/#\"\nremote = \"b/#\"\n"
         )
-    }
-
-    fn error(text: &str) -> String {
-        match Config::parse(text, Path::new("file.toml")) {
-            Ok(_) => panic!("expected an error: {text}"),
-            Err(e) => e.to_string(),
-        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(super) fn tls_value(who: &str, raw: &Spanned<RawTls>) -> Result<TlsClient, P
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use testkit::tls::{Pki, ServerCert};
@@ -58,7 +58,8 @@ mod tests {
         )
     }
 
-    fn error(text: &str) -> String {
+    /// The error `text` fails with (panics when it parses).
+    pub(in crate::config) fn error(text: &str) -> String {
         match Config::parse(text, Path::new("file.toml")) {
             Ok(_) => panic!("expected an error: {text}"),
             Err(e) => e.to_string(),
