@@ -28,6 +28,7 @@ pub const LINK_PAUSED: &str = "ferry_link_paused";
 pub const LINK_DRAIN_RATE: &str = "ferry_link_drain_rate";
 pub const LINK_DRAIN_BYTES_RATE: &str = "ferry_link_drain_bytes_rate";
 pub const CONNECTION_UP: &str = "ferry_connection_up";
+pub const CONNECTION_ADDRESS_INDEX: &str = "ferry_connection_address_index";
 pub const RECONNECTS: &str = "ferry_reconnects_total";
 pub const WATCHDOG_RESTARTS: &str = "ferry_connection_watchdog_restarts_total";
 pub const RECEIVE_MAXIMUM_EXCEEDED: &str = "ferry_receive_maximum_exceeded_total";
@@ -129,6 +130,10 @@ fn describe() {
         "The link's drain pace in bytes per second (drain_bytes_rate, or ferry link rate --bytes); 0 when off."
     );
     describe_gauge!(CONNECTION_UP, "1 when the connection (link, side, role) is up.");
+    describe_gauge!(
+        CONNECTION_ADDRESS_INDEX,
+        "Which of the connection's hosts it is connected to (0: the first), set on each connect."
+    );
     describe_counter!(RECONNECTS, "Connections lost and attempted again (link, side, role).");
     describe_counter!(
         WATCHDOG_RESTARTS,

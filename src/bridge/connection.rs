@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::bridge::failover::Failover;
 use crate::metrics as m;
 use crate::metrics::now_ms;
 use crate::names::{Direction, Role, Side};
@@ -83,6 +84,9 @@ pub struct ConnState {
     pub next_attempt_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// The address ("host:port", one of `hosts`) connected to, or last tried.
+    #[serde(default)]
+    pub address: Option<String>,
     /// A drain connection whose destination stopped acknowledging.
     #[serde(default)]
     pub stalled: bool,
@@ -151,17 +155,19 @@ impl ConnStatus {
         st
     }
 
-    pub fn set_up(&self) {
+    pub fn set_up(&self, address: &str) {
         let mut st = self.lock();
+        st.address = Some(address.to_owned());
         st.up = true;
         st.since_ms = Some(now_ms());
         st.next_attempt_ms = None;
     }
 
     /// The connection failed (or could not be made); the next attempt is in `retry_in_ms`.
-    pub fn set_down(&self, error: &str, retry_in_ms: u64) {
+    pub fn set_down(&self, address: &str, error: &str, retry_in_ms: u64) {
         let now = now_ms();
         let mut st = self.lock();
+        st.address = Some(address.to_owned());
         if st.up || st.since_ms.is_none() {
             st.since_ms = Some(now);
         }
@@ -198,8 +204,12 @@ fn monotonic_ms() -> u64 {
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
+    /// `hosts` in order (one at least); see [`Failover`].
+    pub addresses: Vec<(String, u16)>,
+    /// How often the first address is probed while on a later one.
+    pub failback: Duration,
+    /// None: plain TCP.
+    pub tls: Option<crate::bridge::tls::TlsClient>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -290,9 +300,9 @@ fn request_capacity(inflight: u16) -> usize {
 }
 
 impl ConnectionSpec {
-    fn options(&self) -> MqttOptions {
+    fn options(&self, host: &str, port: u16) -> MqttOptions {
         let e = &self.endpoint;
-        let mut o = MqttOptions::new(e.client_id.clone(), e.host.clone(), e.port);
+        let mut o = MqttOptions::new(e.client_id.clone(), host, port);
         o.set_keep_alive(self.keepalive);
         o.set_manual_acks(self.role == Role::Ingest);
         o.set_clean_start(self.role != Role::Ingest);
@@ -308,6 +318,11 @@ impl ConnectionSpec {
         o.set_outgoing_inflight_upper_limit(self.inflight);
         o.set_max_packet_size(Some(self.max_packet_bytes));
         o.set_connection_timeout(connect_timeout(self.keepalive).as_secs().max(1));
+        if let Some(tls) = &e.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                tls.config.clone(),
+            )));
+        }
         if let (Some(user), Some(pass)) = (&e.username, &e.password) {
             o.set_credentials(user.clone(), pass.expose().to_owned());
         } else if let Some(user) = &e.username {
@@ -337,16 +352,32 @@ fn connect_timeout(keepalive: Duration) -> Duration {
 pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationToken, status: Arc<ConnStatus>) {
     let labels = spec.labels();
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
-    let addr = format!("{}:{}", spec.endpoint.host, spec.endpoint.port);
+    let mut failover = Failover::new(spec.endpoint.addresses.clone(), spec.endpoint.failback);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut epoch = 0u64;
     status.set_watchdog(spec.keepalive);
+    if spec
+        .endpoint
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.settings.insecure_skip_verify)
+    {
+        tracing::warn!(link, side, role, addr = %failover.current_addr(), "INSECURE: insecure_skip_verify = true: the broker's certificate is NOT verified; anyone on the path can read and change this connection");
+    }
 
     while !stop.is_cancelled() {
         epoch += 1;
-        let Some(failure) = attempt(&spec, &addr, epoch, &events, &stop, &status).await else {
+        let addr = failover.current_addr();
+        let Some(failure) = attempt(&spec, &failover, epoch, &events, &stop, &status).await else {
             return;
         };
+        if failure.fail_back {
+            failover.fail_back();
+        } else if failure.up_for.is_none() {
+            // Could not connect: the next address is tried (a connection
+            // that was up is tried again where it was first).
+            failover.failed();
+        }
         if failure.up_for.is_some_and(|up| up >= Duration::from_secs(10)) {
             backoff.reset();
         }
@@ -355,7 +386,7 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
         let error = failure.error.as_deref().map(tracing::field::display);
         tracing::warn!(link, side, role, %addr, error, retry_in_ms, "{}", failure.event);
         counter!(m::RECONNECTS, &labels).increment(1);
-        status.set_down(&failure.shown, retry_in_ms);
+        status.set_down(&addr, &failure.shown, retry_in_ms);
         if failure.up_for.is_some() && events.send(ConnEvent::Down { epoch }).is_err() {
             return;
         }
@@ -374,6 +405,8 @@ struct Failure {
     /// How long the connection was up; None when it never came up (the
     /// owner saw no `Up` for this epoch, so it gets no `Down`).
     up_for: Option<Duration>,
+    /// Closed because the first address answers again (failback).
+    fail_back: bool,
 }
 
 /// One connection: connect, subscribe when the session is new, then hand
@@ -381,22 +414,25 @@ struct Failure {
 /// the owner went away).
 async fn attempt(
     spec: &ConnectionSpec,
-    addr: &str,
+    failover: &Failover,
     epoch: u64,
     events: &EventSender,
     stop: &CancellationToken,
     status: &ConnStatus,
 ) -> Option<Failure> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
+    let addr = failover.current_addr();
+    let (host, port, address_index) = failover.current();
     let never_up = |event, error: Option<String>, shown| {
         Some(Failure {
             event,
             error,
             shown,
             up_for: None,
+            fail_back: false,
         })
     };
-    let (client, mut eventloop) = AsyncClient::new(spec.options(), request_capacity(spec.inflight));
+    let (client, mut eventloop) = AsyncClient::new(spec.options(host, port), request_capacity(spec.inflight));
     let (session_present, max_packet_size) = tokio::select! {
         _ = stop.cancelled() => return None,
         r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
@@ -407,7 +443,10 @@ async fn attempt(
                 tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
                 (false, None)
             }
-            Ok(Err(e)) => return never_up("cannot connect", Some(e.to_string()), format!("cannot connect to {addr}: {e}")),
+            Ok(Err(e)) => {
+                let e = crate::bridge::tls::describe(&e);
+                return never_up("cannot connect", Some(e.clone()), format!("cannot connect to {addr}: {e}"));
+            }
             Err(_) => return never_up("cannot connect: timed out", None, format!("cannot connect to {addr}: timed out")),
         }
     };
@@ -423,9 +462,10 @@ async fn attempt(
         }
     }
     let connected_at = Instant::now();
-    status.set_up();
+    status.set_up(&addr);
     let labels = spec.labels();
     gauge!(m::CONNECTION_UP, &labels).set(1.0);
+    gauge!(m::CONNECTION_ADDRESS_INDEX, &labels).set(address_index as f64);
     tracing::info!(link, side, role, %addr, session_present, "connected");
     let reset = CancellationToken::new();
     let up = ConnEvent::Up {
@@ -440,7 +480,14 @@ async fn attempt(
 
     let mut intake = Intake::new(spec);
     let dead_after = spec.keepalive * 3 / 2;
+    let mut fail_back = false;
     let reason = tokio::select! {
+        _ = failover.first_answers() => {
+            fail_back = true;
+            let first = spec.endpoint.addresses.first().map(|(h, p)| format!("{h}:{p}")).unwrap_or_default();
+            tracing::info!(link, side, role, %addr, first = %first, "the first address answers again: moving back to it");
+            Some(format!("moving back to the first address {first}"))
+        }
         r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake) => r,
         _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
         stuck_ms = watchdog(status, spec.keepalive) => {
@@ -463,6 +510,7 @@ async fn attempt(
         shown: format!("connection to {addr} lost: {reason}"),
         error: Some(reason),
         up_for: Some(connected_at.elapsed()),
+        fail_back,
     })
 }
 

@@ -14,8 +14,10 @@
 
 pub mod connection;
 pub mod drain;
+pub mod failover;
 pub mod ingest;
 pub mod pace;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -33,15 +35,17 @@ use connection::{ConnStatus, ConnectionSpec, Endpoint, Subscription};
 /// they must stay the same across restarts; drain ids get "-pub".
 pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
     let hub_ep = Endpoint {
-        host: hub.host.clone(),
-        port: hub.port,
+        addresses: hub.addresses.clone(),
+        failback: hub.failback,
+        tls: hub.tls.clone(),
         client_id: link.hub_client_id(hub),
         username: hub.username.clone(),
         password: hub.password.clone(),
     };
     let edge_ep = Endpoint {
-        host: link.host.clone(),
-        port: link.port,
+        addresses: link.addresses.clone(),
+        failback: link.failback,
+        tls: link.tls.clone(),
         client_id: link.client_id.clone(),
         username: link.username.clone(),
         password: link.password.clone(),

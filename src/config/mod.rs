@@ -22,9 +22,11 @@
 //! key itself; built-in defaults fill what neither sets.
 
 mod error;
+mod hosts;
 mod raw;
 mod secrets;
 mod summary;
+mod tls;
 mod validate;
 mod values;
 
@@ -37,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bridge::pace::Rates;
+use crate::bridge::tls::TlsClient;
 use crate::fleet::FleetConfig;
 use crate::names::{self, Direction};
 use crate::secret::Secret;
@@ -58,6 +61,8 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
 const DEFAULT_STATE_TOPIC: &str = "ferry/{link}/state";
 const DEFAULT_HUB_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 1883;
+const DEFAULT_TLS_PORT: u16 = 8883;
+const DEFAULT_FAILBACK_SECS: u64 = 300;
 const DEFAULT_KEEPALIVE_SECS: u64 = 30;
 pub(crate) const DEFAULT_ACK_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_RECONNECT_MIN_MS: u64 = 200;
@@ -115,6 +120,12 @@ pub(crate) struct MetricsConfig {
 pub struct HubConfig {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `host`/`port` or `hosts`, in order (`host`, `port`: the first).
+    pub(crate) addresses: Vec<(String, u16)>,
+    /// `failback_secs` of `[hub]` or `[defaults]`.
+    pub(crate) failback: Duration,
+    /// `[hub.tls]`; None: plain TCP.
+    pub(crate) tls: Option<TlsClient>,
     /// Each link's hub connection uses "<client_id>-<link name>".
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,
@@ -131,6 +142,11 @@ pub struct LinkConfig {
     pub(crate) name: String,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `host`/`port` or `hosts`, in order (`host`, `port`: the first).
+    pub(crate) addresses: Vec<(String, u16)>,
+    pub(crate) failback: Duration,
+    /// `[links.tls]` or `[defaults.tls]`; None: plain TCP.
+    pub(crate) tls: Option<TlsClient>,
     /// The client id on the edge broker.
     pub(crate) client_id: String,
     pub(crate) username: Option<String>,

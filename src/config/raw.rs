@@ -61,6 +61,7 @@ pub(super) struct RawCredentials<'a> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHub {
     pub(super) host: Option<Spanned<String>>,
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
@@ -68,6 +69,20 @@ pub(super) struct RawHub {
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) state_topic: Option<Spanned<String>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
+}
+
+/// `[hub.tls]`, `[links.tls]`, `[defaults.tls]` (see `config/tls.rs`).
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) cert_file: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) server_name: Option<Spanned<String>>,
+    pub(super) alpn: Option<Vec<String>>,
+    pub(super) insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 /// The per-link settings that `[defaults]` can set for every link.
@@ -86,13 +101,16 @@ pub(super) struct RawTuning {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLink {
     pub(super) name: Spanned<String>,
-    pub(super) host: Spanned<String>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<Spanned<String>>,
@@ -116,6 +134,8 @@ pub(super) struct RawLink {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) failback_secs: Option<Spanned<i64>>,
 }
 
 impl RawHub {
@@ -153,6 +173,8 @@ impl RawLink {
             drain_rate: self.drain_rate.clone(),
             drain_bytes_rate: self.drain_bytes_rate.clone(),
             ack_timeout_secs: self.ack_timeout_secs.clone(),
+            tls: self.tls.clone(),
+            failback_secs: self.failback_secs.clone(),
         }
     }
 }

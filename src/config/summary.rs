@@ -42,6 +42,12 @@ impl Config {
             hub.client_id,
             describe_credentials(&hub.username, &hub.password_source)
         ));
+        if let Some(tls) = &hub.tls {
+            line(format!("          {}", describe_tls(tls)));
+        }
+        if hub.addresses.len() > 1 {
+            line(format!("          {}", describe_hosts(&hub.addresses, hub.failback)));
+        }
         line(match &hub.state_topic {
             Some(pattern) => format!("state     retained on the hub at {pattern:?}"),
             None => "state     off".to_owned(),
@@ -73,6 +79,12 @@ impl Config {
                 link.hub_client_id(hub),
                 describe_credentials(&link.username, &link.password_source)
             ));
+            if let Some(tls) = &link.tls {
+                line(format!("  {}", describe_tls(tls)));
+            }
+            if link.addresses.len() > 1 {
+                line(format!("  {}", describe_hosts(&link.addresses, link.failback)));
+            }
             line(format!(
                 "  keepalive {}s, reconnect {}ms..{}ms, inflight {}, max message {}",
                 link.keepalive.as_secs(),
@@ -183,4 +195,37 @@ fn describe_credentials(username: &Option<String>, password: &Option<PasswordSou
         (Some(user), None) => format!(", username {user:?}"),
         _ => String::new(),
     }
+}
+
+/// `tls  ca /etc/ferry/ca.pem, client certificate /etc/ferry/ferry.pem`, and
+/// a loud warning when the broker's certificate is not verified.
+fn describe_tls(tls: &crate::bridge::tls::TlsClient) -> String {
+    let s = &tls.settings;
+    let mut text = match &s.ca_file {
+        Some(ca) => format!("tls  ca {}", ca.display()),
+        None => "tls  ca: the system's trust store".to_owned(),
+    };
+    if let Some((cert, _)) = &s.client_auth {
+        text.push_str(&format!(", client certificate {}", cert.display()));
+    }
+    if let Some(name) = &s.server_name {
+        text.push_str(&format!(", server name {name:?}"));
+    }
+    if !s.alpn.is_empty() {
+        text.push_str(&format!(", alpn {:?}", s.alpn));
+    }
+    if s.insecure_skip_verify {
+        text.push_str("\n  WARNING: insecure_skip_verify = true: the broker's certificate is NOT verified");
+    }
+    text
+}
+
+/// `hosts  a:1883, b:1883 (in order; back to the first within 300s)`
+fn describe_hosts(addresses: &[(String, u16)], failback: std::time::Duration) -> String {
+    let list: Vec<String> = addresses.iter().map(|(host, port)| format!("{host}:{port}")).collect();
+    format!(
+        "hosts  {} (in order; back to the first within {}s of it answering)",
+        list.join(", "),
+        failback.as_secs()
+    )
 }

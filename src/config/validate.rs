@@ -14,17 +14,19 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{line_of, Problem};
-use super::raw::{RawConfig, RawFleet, RawLink, RawRoute, RawTuning};
+use super::hosts::addresses;
+use super::raw::{RawConfig, RawFleet, RawLink, RawRoute, RawTls, RawTuning};
 use super::secrets::{Passwords, SecretReader};
+use super::tls::tls_value;
 use super::values::{
     client_id_value, format_size, host_value, integer_in, is_valid_link_name, listen_address, max_bytes_value,
     name_value, non_empty, parse_drain_bytes_rate, parse_drain_rate, port_value, rate_value, size_value, state_topic,
 };
 use super::{
     AdminConfig, Config, HubConfig, LinkConfig, MetricsConfig, Route, DEFAULT_ACK_TIMEOUT_SECS, DEFAULT_ADMIN_LISTEN,
-    DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_LISTEN,
-    DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS,
-    MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
+    DEFAULT_FAILBACK_SECS, DEFAULT_HUB_HOST, DEFAULT_INFLIGHT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_METRICS_LISTEN, DEFAULT_PORT, DEFAULT_QOS, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_RECONNECT_MAX_MS,
+    DEFAULT_RECONNECT_MIN_MS, DEFAULT_TLS_PORT, MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
 use crate::fleet::{self, FleetConfig, ShardSetting};
@@ -62,6 +64,7 @@ struct TuningLayer {
     drain_rate: Option<Option<u64>>,
     drain_bytes_rate: Option<Option<u64>>,
     ack_timeout: Option<Duration>,
+    failback: Option<Duration>,
 }
 
 impl TuningLayer {
@@ -80,6 +83,7 @@ impl TuningLayer {
             drain_rate: self.drain_rate.or(under.drain_rate),
             drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
             ack_timeout: self.ack_timeout.or(under.ack_timeout),
+            failback: self.failback.or(under.failback),
         }
     }
 }
@@ -99,6 +103,7 @@ fn builtin_tuning() -> TuningLayer {
         drain_rate: Some(None),
         drain_bytes_rate: Some(None),
         ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
+        failback: Some(Duration::from_secs(DEFAULT_FAILBACK_SECS)),
     }
 }
 
@@ -208,6 +213,7 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
             u32::try_from(bytes).map_err(|_| Problem::at(raw.span(), "max_message_bytes is too large"))
         })
         .flatten();
+    layer.failback = problems.take_optional(&raw.failback_secs, failback_value).flatten();
     layer.ack_timeout = problems
         .take_optional(&raw.ack_timeout_secs, |raw| {
             let secs = integer_in("ack_timeout_secs", raw, 1..=86_400, " seconds")?;
@@ -432,6 +438,7 @@ fn validate_link(
     reader: &SecretReader,
     raw_link: &Spanned<RawLink>,
     defaults: &TuningLayer,
+    defaults_tls: Option<&Spanned<RawTls>>,
     problems: &mut Problems,
 ) -> Option<(LinkConfig, Vec<Range<usize>>)> {
     let text = reader.text;
@@ -446,11 +453,26 @@ fn validate_link(
             ),
         ));
     }
-    let host = problems.take(host_value(&raw.host));
+    let host = problems.take_optional(&raw.host, host_value);
     let port = problems.take_optional(&raw.port, port_value);
     let client_id = problems.take_optional(&raw.client_id, client_id_value);
     let credentials = reader.credentials(raw.credentials(), problems.warnings());
     let credentials = problems.take(credentials);
+    let tls = problems.take_optional(&raw.tls.as_ref().or(defaults_tls), |table| {
+        tls_value(&format!("link {name:?}"), table)
+    });
+
+    let addresses = match (&host, &port, &tls) {
+        (Some(_), Some(port), Some(tls)) => problems.take(addresses(
+            &format!("link {name:?}"),
+            raw.host.as_ref(),
+            &raw.hosts,
+            port.unwrap_or(default_port(&Some(tls.as_ref()))),
+            None,
+            raw_link.span(),
+        )),
+        _ => None,
+    };
 
     let tuning = validate_tuning(&raw.tuning(), problems)
         .over(defaults)
@@ -491,12 +513,16 @@ fn validate_link(
     check_bridge_loops(&name, &routes, problems);
 
     let credentials = credentials?;
+    let addresses = addresses?;
     let spans = routes.iter().map(|(_, span)| span.clone()).collect();
     let link = LinkConfig {
         client_id: client_id?.unwrap_or_else(|| names::default_edge_client_id(&name)),
         name,
-        host: host?,
-        port: port?.unwrap_or(DEFAULT_PORT),
+        host: addresses.first()?.0.clone(),
+        port: addresses.first()?.1,
+        addresses,
+        failback: tuning.failback?,
+        tls: tls?,
         username: credentials.username,
         password: credentials.password,
         password_source: credentials.source,
@@ -518,6 +544,24 @@ fn validate_link(
         routes: routes.into_iter().map(|(route, _)| route).collect(),
     };
     Some((link, spans))
+}
+
+/// `failback_secs`: how often the first of `hosts` is probed while on another.
+fn failback_value(raw: &Spanned<i64>) -> Result<Duration, Problem> {
+    Ok(Duration::from_secs(integer_in(
+        "failback_secs",
+        raw,
+        1..=86_400,
+        " seconds",
+    )?))
+}
+
+/// MQTT's port: 8883 with TLS, 1883 without (the `Option` of `take_optional`).
+fn default_port<T>(tls: &Option<Option<T>>) -> u16 {
+    match tls {
+        Some(Some(_)) => DEFAULT_TLS_PORT,
+        _ => DEFAULT_PORT,
+    }
 }
 
 /// Link names must be unique, and no two connections may share a client id
@@ -741,6 +785,19 @@ pub(super) fn validate(
     let hub_credentials = reader.credentials(hub_raw.credentials(), problems.warnings());
     let hub_credentials = problems.take(hub_credentials);
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
+    let hub_tls = problems.take_optional(&hub_raw.tls, |table| tls_value("hub", table));
+    let hub_failback = problems.take_optional(&hub_raw.failback_secs, failback_value);
+    let hub_addresses = match (&hub_host, &hub_port, &hub_tls) {
+        (Some(_), Some(port), Some(tls)) => problems.take(addresses(
+            "[hub]",
+            hub_raw.host.as_ref(),
+            &hub_raw.hosts,
+            port.unwrap_or(default_port(&Some(tls.as_ref()))),
+            Some(DEFAULT_HUB_HOST),
+            0..0,
+        )),
+        _ => None,
+    };
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
@@ -764,7 +821,7 @@ pub(super) fn validate(
     let links: Vec<Option<(LinkConfig, Vec<Range<usize>>)>> = raw
         .links
         .iter()
-        .map(|link| validate_link(&reader, link, &defaults, &mut problems))
+        .map(|link| validate_link(&reader, link, &defaults, raw.defaults.tls.as_ref(), &mut problems))
         .collect();
     let incomplete = || Problem::nowhere("invalid configuration");
     let links = links.into_iter().collect::<Option<Vec<_>>>();
@@ -781,6 +838,7 @@ pub(super) fn validate(
         .map(|(link, _)| link)
         .collect();
     let hub_credentials = hub_credentials.ok_or_else(incomplete)?;
+    let hub_addresses = hub_addresses.unwrap_or_default();
     let config = Config {
         source: source.to_path_buf(),
         data_dir: data_dir.ok_or_else(incomplete)?,
@@ -797,10 +855,14 @@ pub(super) fn validate(
             token: admin_token.ok_or_else(incomplete)?,
         },
         hub: HubConfig {
-            host: hub_host
+            host: hub_addresses.first().ok_or_else(incomplete)?.0.clone(),
+            port: hub_addresses.first().ok_or_else(incomplete)?.1,
+            addresses: hub_addresses.clone(),
+            failback: hub_failback
                 .ok_or_else(incomplete)?
-                .unwrap_or_else(|| DEFAULT_HUB_HOST.to_owned()),
-            port: hub_port.ok_or_else(incomplete)?.unwrap_or(DEFAULT_PORT),
+                .or(defaults.failback)
+                .unwrap_or(Duration::from_secs(DEFAULT_FAILBACK_SECS)),
+            tls: hub_tls.ok_or_else(incomplete)?,
             client_id: hub_client_id.ok_or_else(incomplete)?,
             username: hub_credentials.username,
             password: hub_credentials.password,

@@ -61,6 +61,7 @@ mod procfs;
 mod proxy;
 mod smallfs;
 mod timeline;
+pub mod tls;
 mod topology;
 mod wait;
 
