@@ -16,6 +16,7 @@ pub mod connection;
 pub mod drain;
 pub mod ingest;
 pub mod pace;
+pub mod v311;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
         client_id: link.hub_client_id(hub),
         username: hub.username.clone(),
         password: hub.password.clone(),
+        protocol: hub.protocol,
     };
     let edge_ep = Endpoint {
         host: link.host.clone(),
@@ -45,6 +47,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
         client_id: link.client_id.clone(),
         username: link.username.clone(),
         password: link.password.clone(),
+        protocol: link.protocol,
     };
     (hub_ep, edge_ep)
 }

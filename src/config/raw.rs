@@ -41,6 +41,7 @@ pub(super) struct RawHub {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
     pub(super) state_topic: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 /// The per-link settings that `[defaults]` can set for every link.
@@ -59,6 +60,7 @@ pub(super) struct RawTuning {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +89,7 @@ pub(super) struct RawLink {
     pub(super) drain_rate: Option<Spanned<String>>,
     pub(super) drain_bytes_rate: Option<Spanned<String>>,
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 impl RawLink {
@@ -104,6 +107,7 @@ impl RawLink {
             drain_rate: self.drain_rate.clone(),
             drain_bytes_rate: self.drain_bytes_rate.clone(),
             ack_timeout_secs: self.ack_timeout_secs.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }

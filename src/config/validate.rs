@@ -24,7 +24,7 @@ use super::{
     MAX_LINK_NAME_CHARS, MAX_MESSAGE_BYTES_LIMIT, MIN_MESSAGE_BYTES_LIMIT,
 };
 use crate::bridge::pace::Rates;
-use crate::names::{self, Direction};
+use crate::names::{self, Direction, Protocol};
 use crate::store::{MaxBytes, Overflow};
 use crate::topic::{self, TopicMap};
 
@@ -58,6 +58,7 @@ struct TuningLayer {
     drain_rate: Option<Option<u64>>,
     drain_bytes_rate: Option<Option<u64>>,
     ack_timeout: Option<Duration>,
+    protocol: Option<Protocol>,
 }
 
 impl TuningLayer {
@@ -76,6 +77,7 @@ impl TuningLayer {
             drain_rate: self.drain_rate.or(under.drain_rate),
             drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
             ack_timeout: self.ack_timeout.or(under.ack_timeout),
+            protocol: self.protocol.or(under.protocol),
         }
     }
 }
@@ -95,6 +97,7 @@ fn builtin_tuning() -> TuningLayer {
         drain_rate: Some(None),
         drain_bytes_rate: Some(None),
         ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
+        protocol: Some(Protocol::default()),
     }
 }
 
@@ -172,6 +175,7 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
         })
         .flatten();
     layer.overflow = problems.take_optional(&raw.overflow, name_value).flatten();
+    layer.protocol = problems.take_optional(&raw.protocol, name_value).flatten();
     layer.message_ttl = problems
         .take_optional(&raw.message_ttl_secs, |raw| {
             let secs = integer_in("message_ttl_secs", raw, 0..=i64::MAX, " (0: keep until delivered)")?;
@@ -398,6 +402,7 @@ fn validate_link(
         message_ttl: tuning.message_ttl?,
         max_message_bytes: tuning.max_message_bytes?,
         ack_timeout: tuning.ack_timeout?,
+        protocol: tuning.protocol?,
         pace: Rates {
             drain_rate: tuning.drain_rate?,
             drain_bytes_rate: tuning.drain_bytes_rate?,
@@ -543,6 +548,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
+    let hub_protocol: Option<Protocol> = problems.take_optional(&hub_raw.protocol, name_value).flatten();
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
         if min.value > max.value {
             problems.push(Problem {
@@ -594,6 +600,7 @@ pub(super) fn validate(text: &str, raw: RawConfig, source: &Path) -> Result<Conf
             username,
             password,
             state_topic: state_topic.ok_or_else(incomplete)?,
+            protocol: hub_protocol.or(defaults.protocol).unwrap_or_default(),
         },
         links: links.into_iter().collect::<Option<Vec<_>>>().ok_or_else(incomplete)?,
     })
