@@ -40,50 +40,7 @@ async fn v311_and_v5_links_side_by_side_deliver_everything_in_order() {
     let ferry = Ferry::start(FERRY, &with_v311_link(&net, 0));
     net.wait_all_up(&ferry).await;
 
-    let down: Vec<Collector> = futures_collect(&net).await;
-    let up = Collector::start(net.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
-    let mut publishers = Vec::new();
-    for i in 0..2 {
-        let (hub, edge) = (net.hub.addr(), net.edges[i].addr());
-        publishers.push(tokio::spawn(async move {
-            publish_n(
-                hub,
-                move |_| down_topic(i),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        }));
-        publishers.push(tokio::spawn(async move {
-            publish_n(
-                edge,
-                |_| "up/t".to_string(),
-                N,
-                QoS::AtLeastOnce,
-                |s| seq_payload(s, 128),
-            )
-            .await
-        }));
-    }
-    for p in publishers {
-        p.await.expect("publisher task");
-    }
-
-    for (i, c) in down.iter().enumerate() {
-        assert!(
-            c.wait_distinct(N as usize, LONG).await,
-            "edge {i} out: {}",
-            c.describe()
-        );
-        check_in_order(&c.messages(), N).unwrap_or_else(|e| panic!("edge {i} out: {e}"));
-    }
-    assert!(up.wait_distinct(2 * N as usize, LONG).await, "in: {}", up.describe());
-    for i in 0..2 {
-        let topic = format!("edge/{i}/up/t");
-        let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
-        check_in_order(&mine, N).unwrap_or_else(|e| panic!("edge {i} in: {e}"));
-    }
+    net.send_both_ways_and_check(N).await;
     for link in ["edge0", "edge1"] {
         for direction in ["out", "in"] {
             net.assert_invariant(&ferry, link, direction).await;
@@ -105,14 +62,6 @@ async fn v311_and_v5_links_side_by_side_deliver_everything_in_order() {
         last_state(&states, "edge0"),
         last_state(&states, "edge1")
     );
-}
-
-async fn futures_collect(net: &Topology) -> Vec<Collector> {
-    let mut down = Vec::new();
-    for (i, edge) in net.edges.iter().enumerate() {
-        down.push(Collector::start(edge.addr(), &format!("t-down-{i}"), "down/#", QoS::AtLeastOnce).await);
-    }
-    down
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

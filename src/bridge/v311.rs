@@ -182,6 +182,8 @@ impl Client {
 }
 
 /// A connection's event loop, of either version, yielding v5 events.
+// One per connection attempt, never moved in a hot path: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum EventLoop {
     V5(v5::EventLoop),
     V4(rumqttc::EventLoop),

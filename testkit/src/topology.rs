@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{free_port, publish_n, seq_payload, wait_until_async, Broker, Ferry, QoS, LONG};
+use crate::{
+    check_in_order, free_port, publish_n, seq_payload, wait_until_async, Broker, Collector, Ferry, QoS, Received, LONG,
+};
 
 /// The hub topic of edge `i`'s `out` route in a [`Topology`].
 pub fn down_topic(edge: usize) -> String {
@@ -104,6 +106,60 @@ impl Topology {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Publishes `n` messages each way on every link at once (hub
+    /// `edge/<i>/down/t` and edge `up/t`, 128-byte seq payloads) and asserts
+    /// that every one arrives, in order per link and direction.
+    pub async fn send_both_ways_and_check(&self, n: u64) {
+        let mut down = Vec::new();
+        for (i, edge) in self.edges.iter().enumerate() {
+            down.push(Collector::start(edge.addr(), &format!("t-down-{i}"), "down/#", QoS::AtLeastOnce).await);
+        }
+        let up = Collector::start(self.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
+        let mut publishers = Vec::new();
+        for i in 0..self.edges.len() {
+            let (hub, edge) = (self.hub.addr(), self.edges[i].addr());
+            publishers.push(tokio::spawn(async move {
+                publish_n(
+                    hub,
+                    move |_| down_topic(i),
+                    n,
+                    QoS::AtLeastOnce,
+                    |s| seq_payload(s, 128),
+                )
+                .await
+            }));
+            publishers.push(tokio::spawn(async move {
+                publish_n(
+                    edge,
+                    |_| "up/t".to_string(),
+                    n,
+                    QoS::AtLeastOnce,
+                    |s| seq_payload(s, 128),
+                )
+                .await
+            }));
+        }
+        for p in publishers {
+            p.await.expect("publisher task");
+        }
+        for (i, c) in down.iter().enumerate() {
+            assert!(
+                c.wait_distinct(n as usize, LONG).await,
+                "edge {i} out: {}",
+                c.describe()
+            );
+            let report = check_in_order(&c.messages(), n).unwrap_or_else(|e| panic!("edge {i} out: {e}"));
+            assert_eq!(report.distinct, n as usize);
+        }
+        let all = self.edges.len() * n as usize;
+        assert!(up.wait_distinct(all, LONG).await, "in: {}", up.describe());
+        for i in 0..self.edges.len() {
+            let topic = format!("edge/{i}/up/t");
+            let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
+            check_in_order(&mine, n).unwrap_or_else(|e| panic!("edge {i} in: {e}"));
+        }
     }
 
     /// received = forwarded + dropped + queued, as exported.
