@@ -95,11 +95,15 @@ impl Choice {
     }
 }
 
-/// Whether a v5 CONNECT failed because the broker does not speak MQTT 5:
-/// a CONNACK with reason 0x84 (unsupported protocol version), a 3.1.1
-/// CONNACK (return code 1, which the v5 parser cannot read), or the
-/// connection closed right after CONNECT (what many 3.1.1 brokers do).
-/// Only asked about the first answer to a CONNECT, after TCP connected.
+/// Whether a v5 CONNECT failed because the broker does not speak MQTT 5.
+/// What rumqttc 0.25.1 reports (see the test below): a CONNACK with reason
+/// 0x84 (unsupported protocol version) is `ConnectionRefused(Unsupported
+/// ProtocolVersion)`; a 3.1.1 CONNACK with return code 1 is too short for
+/// the v5 parser, which waits for more until the broker closes the
+/// connection (as 3.1.1 says it must): `MqttState(ConnectionAborted)`, as
+/// is a connection closed right after CONNECT without any answer. A reset
+/// connection and a packet the v5 parser refuses count as well. Only asked
+/// about the first answer to a CONNECT, after TCP connected.
 pub fn refuses_v5(e: &v5::ConnectionError) -> bool {
     use std::io::ErrorKind;
     use v5::{ConnectionError as E, StateError as S};
@@ -462,5 +466,31 @@ mod tests {
         assert!(!refuses_v5(&E::Io(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused
         ))));
+    }
+
+    /// What rumqttc's v5 client reports when a 3.1.1-only broker answers
+    /// its CONNECT: each is recognised as a refusal of v5.
+    #[tokio::test]
+    async fn what_a_3_1_1_only_broker_answers_is_recognised() {
+        // A 3.1.1 CONNACK "unacceptable protocol version"; a v5 CONNACK with
+        // reason 0x84; nothing at all (the connection is closed).
+        for answer in [&[0x20u8, 0x02, 0x00, 0x01][..], &[0x20, 0x03, 0x00, 0x84, 0x00], &[]] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(answer).await;
+            });
+            let (_client, mut eventloop) = v5::AsyncClient::new(v5::MqttOptions::new("t", "127.0.0.1", port), 10);
+            let error = match tokio::time::timeout(std::time::Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Err(e)) => e,
+                other => panic!("answer {answer:?}: expected an error, got {other:?}"),
+            };
+            assert!(refuses_v5(&error), "answer {answer:?}: {error:?} not recognised");
+            let _ = server.await;
+        }
     }
 }
