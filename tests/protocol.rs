@@ -10,6 +10,10 @@
 //! - `auto_reaches_a_broker_that_refuses_v5`: a scripted edge that answers a
 //!   v5 CONNECT with reason 0x84 and speaks only 3.1.1; `protocol = "auto"`
 //!   (the default) reaches it and delivers everything, in order.
+//! - `v311_source_sending_everything_at_once_is_taken_on_one_connection`: the
+//!   wedge of issue 8 over 3.1.1 (which has no Receive Maximum at all): a
+//!   scripted 3.1.1 hub sends 20,000 messages at once; ferry's ingest keeps
+//!   reading and acknowledging on the one connection (connection::Intake).
 
 use testkit::peer::{one_link_config, Peer, PeerScript};
 use testkit::*;
@@ -147,5 +151,53 @@ async fn auto_reaches_a_broker_that_refuses_v5() {
         ferry.log().contains("broker refuses MQTT 5; trying MQTT 3.1.1"),
         "{}",
         ferry.log_tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_source_sending_everything_at_once_is_taken_on_one_connection() {
+    const N: u64 = 20_000;
+    let hub = Peer::start(PeerScript {
+        refuse_v5: true,
+        publish_on_subscribe: Some(("edge/1/down/t".to_string(), N, 1024)),
+        ..PeerScript::default()
+    })
+    .await;
+    let edge = Broker::start();
+    let data = Ferry::data_dir_for_test();
+    let cfg = one_link_config(data.path(), free_port(), hub.port(), edge.port(), "");
+    let ferry = Ferry::start(FERRY, &cfg.replace("[hub]\n", "[hub]\nprotocol = \"3.1.1\"\n"));
+    let down = Collector::start(edge.addr(), "t-down", "down/#", QoS::AtLeastOnce).await;
+    let all = down.wait_distinct(N as usize, LONG).await;
+    let peer = hub.state();
+    assert!(
+        all,
+        "delivered {} of {N}; peer sent {} acked {}\n{}",
+        down.distinct_count(),
+        peer.sent,
+        peer.acked,
+        ferry.log_tail(30)
+    );
+    check_in_order(&down.messages(), N).unwrap_or_else(|e| panic!("{e}"));
+    let acked = wait_until(LONG, std::time::Duration::from_millis(100), || hub.state().acked == N).await;
+    assert!(acked, "acknowledged {} of {N}", hub.state().acked);
+    let peer = hub.state();
+    assert_eq!(
+        (peer.refused_v5, peer.connections_v311, peer.connections),
+        (0, 1, 1),
+        "one 3.1.1 connection: {}",
+        ferry.log_tail(30)
+    );
+    assert!(
+        peer.max_unacked > 1_000,
+        "the peer must have sent far more than inflight: {}",
+        peer.max_unacked
+    );
+    let hub_ingest = [("link", "e1"), ("side", "hub"), ("role", "ingest")];
+    assert!(
+        ferry
+            .scrape()
+            .get_or_zero("ferry_receive_maximum_exceeded_total", &hub_ingest)
+            > 0.0
     );
 }

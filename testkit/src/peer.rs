@@ -15,7 +15,7 @@
 //! CONNACK announces `max_packet_size` and `receive_maximum` when set.
 //! With `refuse_v5` the peer is a 3.1.1-only broker: it answers a v5 CONNECT
 //! with CONNACK reason 0x84 (unsupported protocol version) and closes, and
-//! serves a 3.1.1 client in the destination role (see [`serve_v311`]).
+//! serves a 3.1.1 client in either role (see [`serve_v311`]).
 //! PINGREQ is always answered. Everything it saw is in [`PeerState`].
 //! Self-contained: std, tokio and rumqttc's `mqttbytes` only.
 
@@ -208,7 +208,7 @@ async fn serve(socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
         }
-        return serve_v311(socket, buf, &script, &state, &wire_tx).await;
+        return serve_v311(socket, buf, &script, &state, &session, &wire_tx).await;
     }
     loop {
         let packet = loop {
@@ -315,17 +315,38 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(at + 7).copied()
 }
 
-/// A 3.1.1-only broker in the destination role: CONNACK, PINGRESP, and a
-/// PUBACK per PUBLISH (when the script's ack is a success; 3.1.1 has no
-/// negative PUBACK).
+/// A 3.1.1-only broker: as a destination, CONNACK, PINGRESP, and a PUBACK
+/// per PUBLISH (when the script's ack is a success; 3.1.1 has no negative
+/// PUBACK); as a source, the session's messages after SUBSCRIBE (and after
+/// a reconnect to the persistent session), as in the v5 role.
 async fn serve_v311(
     mut socket: tokio::net::tcp::OwnedReadHalf,
     mut buf: BytesMut,
     script: &PeerScript,
     state: &Mutex<PeerState>,
+    session: &Mutex<Session>,
     wire_tx: &tokio::sync::mpsc::UnboundedSender<BytesMut>,
 ) {
-    use rumqttc::mqttbytes::v4::{ConnAck as ConnAck4, ConnectReturnCode as Code4, Packet as P4, PubAck as PubAck4};
+    use rumqttc::mqttbytes::v4::{
+        ConnAck as ConnAck4, ConnectReturnCode as Code4, Packet as P4, PubAck as PubAck4, SubAck as SubAck4,
+        SubscribeReasonCode as Sub4,
+    };
+    // The session's messages, as 3.1.1 PUBLISHes.
+    let resend = || -> Vec<P4> {
+        resend_unacked(script, state, session)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let mut v4 = rumqttc::Publish::new(topic, rumqttc::QoS::AtLeastOnce, p.payload.to_vec());
+                    v4.pkid = p.pkid;
+                    v4.dup = p.dup;
+                    Some(P4::Publish(v4))
+                }
+                _ => None,
+            })
+            .collect()
+    };
     let mut conn = 0u64;
     loop {
         let packet = loop {
@@ -339,13 +360,42 @@ async fn serve_v311(
                 _ => return,
             }
         };
+        let mut replies = Vec::new();
         let reply = match packet {
-            P4::Connect(_) => {
-                let mut st = lock(state);
-                st.connections += 1;
-                st.connections_v311 += 1;
-                conn = st.connections;
-                Some(P4::ConnAck(ConnAck4::new(Code4::Success, false)))
+            P4::Connect(connect) => {
+                let session_present = {
+                    let mut st = lock(state);
+                    st.connections += 1;
+                    st.connections_v311 += 1;
+                    conn = st.connections;
+                    !connect.clean_session && st.connections > 1
+                };
+                replies.push(P4::ConnAck(ConnAck4::new(Code4::Success, session_present)));
+                if session_present && lock(session).subscribed {
+                    replies.extend(resend());
+                }
+                None
+            }
+            P4::Subscribe(sub) => {
+                let codes = sub
+                    .filters
+                    .iter()
+                    .map(|_| Sub4::Success(rumqttc::QoS::AtLeastOnce))
+                    .collect();
+                replies.push(P4::SubAck(SubAck4::new(sub.pkid, codes)));
+                lock(session).subscribed = true;
+                replies.extend(resend());
+                None
+            }
+            P4::PubAck(ack) => {
+                let mut s = lock(session);
+                if let Some(i) = s.on_wire.remove(&ack.pkid) {
+                    if !s.acked[i] {
+                        s.acked[i] = true;
+                        lock(state).acked += 1;
+                    }
+                }
+                None
             }
             P4::PingReq => {
                 lock(state).pings += 1;
@@ -367,10 +417,13 @@ async fn serve_v311(
             _ => None,
         };
         let mut wire = BytesMut::new();
-        if let Some(reply) = reply {
-            if reply.write(&mut wire, 1 << 20).is_err() || wire_tx.send(wire).is_err() {
+        for reply in reply.into_iter().chain(replies) {
+            if reply.write(&mut wire, 1 << 20).is_err() {
                 return;
             }
+        }
+        if !wire.is_empty() && wire_tx.send(wire).is_err() {
+            return;
         }
     }
 }
