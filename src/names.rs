@@ -41,6 +41,39 @@ impl FromStr for Direction {
     }
 }
 
+/// Which MQTT version a connection speaks (`protocol` in the config, per
+/// side). `Auto` tries MQTT 5 and falls back to 3.1.1 when the broker
+/// refuses v5 (see `bridge::connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    V5,
+    V311,
+    #[default]
+    Auto,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::V5, Protocol::V311, Protocol::Auto];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+            Protocol::Auto => "auto",
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Protocol, String> {
+        named(&Protocol::ALL, Protocol::as_str, text).ok_or_else(|| {
+            format!("protocol must be \"5\" (MQTT 5), \"3.1.1\" or \"auto\" (MQTT 5, else 3.1.1), got {text:?}")
+        })
+    }
+}
+
 impl fmt::Display for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

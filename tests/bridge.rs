@@ -15,29 +15,7 @@ async fn eight_edges_both_directions_deliver_everything_in_order() {
     let net = Topology::start(8, "");
     let ferry = net.start_ferry_all_up(FERRY).await;
 
-    let down = net.down_collectors().await;
-    let up = Collector::start(net.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
-
-    let publishers = net.spawn_traffic_both_ways(N);
-    for p in publishers {
-        p.await.expect("publisher task");
-    }
-
-    for (i, c) in down.iter().enumerate() {
-        assert!(
-            c.wait_distinct(N as usize, LONG).await,
-            "edge {i} out: {}",
-            c.describe()
-        );
-        let report = check_in_order(&c.messages(), N).unwrap_or_else(|e| panic!("edge {i} out: {e}"));
-        assert_eq!(report.distinct, N as usize);
-    }
-    assert!(up.wait_distinct(8 * N as usize, LONG).await, "in: {}", up.describe());
-    for i in 0..net.edges.len() {
-        let topic = format!("edge/{i}/up/t");
-        let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
-        check_in_order(&mine, N).unwrap_or_else(|e| panic!("edge {i} in: {e}"));
-    }
+    net.send_both_ways_and_check(N).await;
     for i in 0..net.edges.len() {
         let link = format!("edge{i}");
         ferry

@@ -1,4 +1,4 @@
-//! One MQTT v5 connection, kept up forever.
+//! One MQTT connection (v5 or 3.1.1, see [`super::v311`]), kept up forever.
 //!
 //! A link has up to four of these: for each direction one *ingest*
 //! connection on the source broker (persistent session, manual acks, the
@@ -46,7 +46,7 @@ use rumqttc::v5::mqttbytes::v5::{
     Filter, Packet, Publish, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{Event, MqttOptions};
 use rumqttc::Outgoing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -57,8 +57,10 @@ use crate::backoff::Backoff;
 use crate::bridge::failover::Failover;
 use crate::metrics as m;
 use crate::metrics::now_ms;
-use crate::names::{Direction, Role, Side};
+use crate::names::{Direction, Protocol, Role, Side};
 use crate::secret::Secret;
+
+use super::v311::{self, Choice, Client, EventLoop, Version};
 
 /// One connection's state, written by its connection task and read by the
 /// link's status ([`crate::link::status`]).
@@ -90,6 +92,9 @@ pub struct ConnState {
     /// A drain connection whose destination stopped acknowledging.
     #[serde(default)]
     pub stalled: bool,
+    /// The MQTT version of the current (or last) connection: "5" or "3.1.1".
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 impl ConnStatus {
@@ -155,10 +160,11 @@ impl ConnStatus {
         st
     }
 
-    pub fn set_up(&self, address: &str) {
+    pub fn set_up(&self, address: &str, version: Version) {
         let mut st = self.lock();
         st.address = Some(address.to_owned());
         st.up = true;
+        st.protocol = Some(version.as_str().to_string());
         st.since_ms = Some(now_ms());
         st.next_attempt_ms = None;
     }
@@ -213,6 +219,8 @@ pub struct Endpoint {
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// `protocol` of this side: which MQTT version to speak.
+    pub protocol: Protocol,
 }
 
 /// One subscription of an ingest connection. `id` is the MQTT v5
@@ -253,7 +261,7 @@ pub enum ConnEvent {
     /// owner's remedy for a destination that stopped acknowledging).
     Up {
         epoch: u64,
-        client: AsyncClient,
+        client: Client,
         max_packet_size: Option<u32>,
         reset: CancellationToken,
     },
@@ -355,6 +363,7 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
     let mut failover = Failover::new(spec.endpoint.addresses.clone(), spec.endpoint.failback);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut epoch = 0u64;
+    let mut choice = Choice::new(spec.endpoint.protocol);
     status.set_watchdog(spec.keepalive);
     if spec
         .endpoint
@@ -368,7 +377,7 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
     while !stop.is_cancelled() {
         epoch += 1;
         let addr = failover.current_addr();
-        let Some(failure) = attempt(&spec, &failover, epoch, &events, &stop, &status).await else {
+        let Some(failure) = attempt(&spec, &failover, epoch, &events, &stop, &status, &mut choice).await else {
             return;
         };
         if failure.fail_back {
@@ -411,7 +420,8 @@ struct Failure {
 
 /// One connection: connect, subscribe when the session is new, then hand
 /// events to the owner. Returns why it failed, or None when stopped (or
-/// the owner went away).
+/// the owner went away). A broker refusing MQTT 5 is tried again at once
+/// with 3.1.1 when `choice` allows it (`protocol = "auto"`).
 async fn attempt(
     spec: &ConnectionSpec,
     failover: &Failover,
@@ -419,6 +429,7 @@ async fn attempt(
     events: &EventSender,
     stop: &CancellationToken,
     status: &ConnStatus,
+    choice: &mut Choice,
 ) -> Option<Failure> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let addr = failover.current_addr();
@@ -432,24 +443,48 @@ async fn attempt(
             fail_back: false,
         })
     };
-    let (client, mut eventloop) = AsyncClient::new(spec.options(host, port), request_capacity(spec.inflight));
-    let (session_present, max_packet_size) = tokio::select! {
-        _ = stop.cancelled() => return None,
-        r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => match r {
+    let (version, client, mut eventloop, session_present, connack) = loop {
+        let version = choice.next();
+        let (client, mut eventloop) =
+            v311::connect(spec, version, spec.options(host, port), request_capacity(spec.inflight));
+        let polled = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => r,
+        };
+        match polled {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                (ack.session_present, ack.properties.as_ref().and_then(|p| p.max_packet_size))
+                break (version, client, eventloop, ack.session_present, ack.properties);
             }
             Ok(Ok(other)) => {
                 tracing::warn!(link, side, role, %addr, event = ?other, "unexpected first packet from broker");
-                (false, None)
+                break (version, client, eventloop, false, None);
+            }
+            Ok(Err(e)) if version == Version::V5 && e.refuses_v5 && choice.v5_refused() => {
+                tracing::info!(link, side, role, %addr, error = %e, "broker refuses MQTT 5; trying MQTT 3.1.1 (protocol = \"auto\")");
             }
             Ok(Err(e)) => {
-                let e = crate::bridge::tls::describe(&e);
-                return never_up("cannot connect", Some(e.clone()), format!("cannot connect to {addr}: {e}"));
+                choice.failed();
+                return never_up(
+                    "cannot connect",
+                    Some(e.to_string()),
+                    format!("cannot connect to {addr}: {e}"),
+                );
             }
-            Err(_) => return never_up("cannot connect: timed out", None, format!("cannot connect to {addr}: timed out")),
+            Err(_) => {
+                choice.failed();
+                return never_up(
+                    "cannot connect: timed out",
+                    None,
+                    format!("cannot connect to {addr}: timed out"),
+                );
+            }
         }
     };
+    let max_packet_size = connack.as_ref().and_then(|p| p.max_packet_size);
+    let receive_maximum = connack.as_ref().and_then(|p| p.receive_max);
+    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight) {
+        tracing::warn!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum caps this MQTT 5 connection below inflight: at most that many messages per round trip; raise the broker's max_inflight_messages, or set protocol = \"3.1.1\" for this side if no message needs MQTT 5 properties");
+    }
     if !session_present {
         // Subscribing again on a resumed session would make the broker
         // resend every retained message: a storm on each reconnect.
@@ -462,11 +497,12 @@ async fn attempt(
         }
     }
     let connected_at = Instant::now();
-    status.set_up(&addr);
+    status.set_up(&addr, version);
     let labels = spec.labels();
     gauge!(m::CONNECTION_UP, &labels).set(1.0);
     gauge!(m::CONNECTION_ADDRESS_INDEX, &labels).set(address_index as f64);
-    tracing::info!(link, side, role, %addr, session_present, "connected");
+    let protocol = version.as_str();
+    tracing::info!(link, side, role, %addr, session_present, protocol, "connected");
     let reset = CancellationToken::new();
     let up = ConnEvent::Up {
         epoch,
@@ -684,7 +720,22 @@ impl Intake {
     }
 }
 
-async fn subscribe(client: &AsyncClient, subs: &[Subscription]) -> Result<(), rumqttc::v5::ClientError> {
+async fn subscribe(client: &Client, subs: &[Subscription]) -> Result<(), Box<dyn std::error::Error>> {
+    let client = match client {
+        Client::V5(c) => c,
+        Client::V4(c) => {
+            // No subscription ids (ingest routes by topic), no retain-as-published.
+            for sub in subs {
+                let qos = if sub.qos == QoS::AtMostOnce {
+                    rumqttc::QoS::AtMostOnce
+                } else {
+                    rumqttc::QoS::AtLeastOnce
+                };
+                c.subscribe(sub.filter.clone(), qos).await?;
+            }
+            return Ok(());
+        }
+    };
     for sub in subs {
         let mut filter = Filter::new(sub.filter.clone(), sub.qos);
         // Retain-as-published: live retained messages keep their flag.
@@ -700,7 +751,7 @@ async fn subscribe(client: &AsyncClient, subs: &[Subscription]) -> Result<(), ru
 }
 
 /// Sends a DISCONNECT after whatever is queued and polls until it is out.
-async fn close(client: &AsyncClient, eventloop: &mut EventLoop) {
+async fn close(client: &Client, eventloop: &mut EventLoop) {
     if client.try_disconnect().is_err() {
         return;
     }

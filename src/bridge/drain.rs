@@ -41,7 +41,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::Event;
 use rumqttc::Outgoing;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,7 @@ use crate::store::{DropReason, Entry, Queue, Record, Store};
 
 use super::connection::ConnStatus;
 use super::connection::{ConnEvent, EventReceiver};
+use super::v311::Client;
 
 pub struct Drain {
     pub link: String,
@@ -170,7 +171,7 @@ fn pubrec_verdict(reason: PubRecReason) -> Verdict {
 
 #[derive(Default)]
 struct Window {
-    client: Option<(u64, AsyncClient)>,
+    client: Option<(u64, Client)>,
     /// The destination's Maximum Packet Size, from its CONNACK.
     max_packet_size: Option<u32>,
     /// Resets the current connection (taken when used: once per connection).

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Route;
@@ -36,6 +36,7 @@ use crate::names::Direction;
 use crate::store::{Properties, Queue, Record, Store};
 
 use super::connection::{ConnEvent, EventReceiver};
+use super::v311::Client;
 
 /// A received message on its way to disk.
 struct Pending {
@@ -62,7 +63,7 @@ pub struct Ingest {
 }
 
 struct State {
-    client: Option<(u64, AsyncClient)>,
+    client: Option<(u64, Client)>,
     held: VecDeque<Pending>,
     /// Acknowledgements of stored messages that rumqttc's request channel
     /// had no room for yet, in order, with their connection's epoch.

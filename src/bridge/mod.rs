@@ -18,6 +18,7 @@ pub mod failover;
 pub mod ingest;
 pub mod pace;
 pub mod tls;
+pub mod v311;
 
 use std::sync::Arc;
 
@@ -41,6 +42,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
         client_id: link.hub_client_id(hub),
         username: hub.username.clone(),
         password: hub.password.clone(),
+        protocol: hub.protocol,
     };
     let edge_ep = Endpoint {
         addresses: link.addresses.clone(),
@@ -49,6 +51,7 @@ pub fn endpoints(link: &LinkConfig, hub: &HubConfig) -> (Endpoint, Endpoint) {
         client_id: link.client_id.clone(),
         username: link.username.clone(),
         password: link.password.clone(),
+        protocol: link.protocol,
     };
     (hub_ep, edge_ep)
 }

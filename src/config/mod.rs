@@ -41,7 +41,7 @@ use std::time::Duration;
 use crate::bridge::pace::Rates;
 use crate::bridge::tls::TlsClient;
 use crate::fleet::FleetConfig;
-use crate::names::{self, Direction};
+use crate::names::{self, Direction, Protocol};
 use crate::secret::Secret;
 use crate::store::{MaxBytes, Overflow};
 use crate::topic::TopicMap;
@@ -134,6 +134,8 @@ pub struct HubConfig {
     /// The retained state topic pattern ("{link}" is replaced by the
     /// link's name); None when `state_topic = "off"`.
     pub(crate) state_topic: Option<String>,
+    /// The MQTT version of the hub connections (`protocol`).
+    pub(crate) protocol: Protocol,
 }
 
 /// One remote (edge) broker and the routes between it and the hub.
@@ -167,6 +169,8 @@ pub struct LinkConfig {
     pub(crate) max_message_bytes: u32,
     /// A destination that acknowledges nothing for this long while connected is stalled.
     pub(crate) ack_timeout: Duration,
+    /// The MQTT version of the edge connections (`protocol`).
+    pub(crate) protocol: Protocol,
     /// `drain_rate` and `drain_bytes_rate` (None: off).
     pub(crate) pace: Rates,
     pub(crate) routes: Vec<Route>,

@@ -71,6 +71,7 @@ pub(super) struct RawHub {
     pub(super) state_topic: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) failback_secs: Option<Spanned<i64>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 /// `[hub.tls]`, `[links.tls]`, `[defaults.tls]` (see `config/tls.rs`).
@@ -103,6 +104,7 @@ pub(super) struct RawTuning {
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) failback_secs: Option<Spanned<i64>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +138,7 @@ pub(super) struct RawLink {
     pub(super) ack_timeout_secs: Option<Spanned<i64>>,
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) failback_secs: Option<Spanned<i64>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 impl RawHub {
@@ -175,6 +178,7 @@ impl RawLink {
             ack_timeout_secs: self.ack_timeout_secs.clone(),
             tls: self.tls.clone(),
             failback_secs: self.failback_secs.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }

@@ -93,6 +93,13 @@ impl Config {
                 link.inflight,
                 format_size(u64::from(link.max_message_bytes))
             ));
+            if (link.protocol, hub.protocol) != Default::default() {
+                line(format!(
+                    "  protocol edge {}, hub {}",
+                    link.protocol.as_str(),
+                    hub.protocol.as_str()
+                ));
+            }
             if link.pace != Default::default() {
                 let rate = |rate: Option<u64>, unit: fn(u64) -> String| rate.map_or("off".to_owned(), unit);
                 line(format!(

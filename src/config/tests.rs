@@ -1230,3 +1230,33 @@ fn derived_edge_client_ids_must_not_collide_either() {
         "as its hub client id",
     );
 }
+
+#[test]
+fn protocol_is_auto_by_default_inherited_from_defaults_and_overridable_per_side() {
+    use crate::names::Protocol;
+    let config = parse(MINIMAL_LINK).unwrap();
+    assert_eq!(
+        (config.hub.protocol, config.links[0].protocol),
+        (Protocol::Auto, Protocol::Auto)
+    );
+
+    let text = minimal_with("[[links]]\n", "[defaults]\nprotocol = \"3.1.1\"\n[[links]]\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        (config.hub.protocol, config.links[0].protocol),
+        (Protocol::V311, Protocol::V311)
+    );
+
+    let text = minimal_with(
+        "[[links]]\nname = \"e1\"\n",
+        "[hub]\nprotocol = \"5\"\n[defaults]\nprotocol = \"3.1.1\"\n[[links]]\nname = \"e1\"\nprotocol = \"auto\"\n",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        (config.hub.protocol, config.links[0].protocol),
+        (Protocol::V5, Protocol::Auto)
+    );
+
+    let text = minimal_with("host = \"10.0.0.1\"\n", "host = \"10.0.0.1\"\nprotocol = \"3\"\n");
+    assert_error(&text, 5, "protocol must be \"5\" (MQTT 5), \"3.1.1\" or \"auto\"");
+}

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::bridge::pace::Rates;
 use crate::fleet::{self, FleetConfig, ShardSetting};
-use crate::names::{self, Direction};
+use crate::names::{self, Direction, Protocol};
 use crate::store::{MaxBytes, Overflow};
 use crate::topic::{self, TopicMap};
 
@@ -65,6 +65,7 @@ struct TuningLayer {
     drain_bytes_rate: Option<Option<u64>>,
     ack_timeout: Option<Duration>,
     failback: Option<Duration>,
+    protocol: Option<Protocol>,
 }
 
 impl TuningLayer {
@@ -84,6 +85,7 @@ impl TuningLayer {
             drain_bytes_rate: self.drain_bytes_rate.or(under.drain_bytes_rate),
             ack_timeout: self.ack_timeout.or(under.ack_timeout),
             failback: self.failback.or(under.failback),
+            protocol: self.protocol.or(under.protocol),
         }
     }
 }
@@ -104,6 +106,7 @@ fn builtin_tuning() -> TuningLayer {
         drain_bytes_rate: Some(None),
         ack_timeout: Some(Duration::from_secs(DEFAULT_ACK_TIMEOUT_SECS)),
         failback: Some(Duration::from_secs(DEFAULT_FAILBACK_SECS)),
+        protocol: Some(Protocol::default()),
     }
 }
 
@@ -192,6 +195,7 @@ fn validate_tuning(raw: &RawTuning, problems: &mut Problems) -> TuningLayer {
         })
         .flatten();
     layer.overflow = problems.take_optional(&raw.overflow, name_value).flatten();
+    layer.protocol = problems.take_optional(&raw.protocol, name_value).flatten();
     layer.message_ttl = problems
         .take_optional(&raw.message_ttl_secs, |raw| {
             let secs = integer_in("message_ttl_secs", raw, 0..=i64::MAX, " (0: keep until delivered)")?;
@@ -537,6 +541,7 @@ fn validate_link(
         message_ttl: tuning.message_ttl?,
         max_message_bytes: tuning.max_message_bytes?,
         ack_timeout: tuning.ack_timeout?,
+        protocol: tuning.protocol?,
         pace: Rates {
             drain_rate: tuning.drain_rate?,
             drain_bytes_rate: tuning.drain_bytes_rate?,
@@ -800,6 +805,7 @@ pub(super) fn validate(
     };
 
     let defaults = validate_tuning(&raw.defaults, &mut problems);
+    let hub_protocol: Option<Protocol> = problems.take_optional(&hub_raw.protocol, name_value).flatten();
     if let (Some(min), Some(max)) = (&defaults.reconnect_min, &defaults.reconnect_max) {
         if min.value > max.value {
             problems.push(Problem {
@@ -868,6 +874,7 @@ pub(super) fn validate(
             password: hub_credentials.password,
             password_source: hub_credentials.source,
             state_topic: state_topic.ok_or_else(incomplete)?,
+            protocol: hub_protocol.or(defaults.protocol).unwrap_or_default(),
         },
         links,
         fleet: fleet.ok_or_else(incomplete)?,

@@ -8,14 +8,17 @@
 //! (`connected`, `connecting`, `paused`, ...) is published whenever it
 //! changes; a clean stop publishes `stopped`.
 //!
-//! Payload: JSON, e.g. `{"link":"edge1","state":"connected","since_ms":1764000000000}`.
+//! Payload: JSON, e.g. `{"link":"edge1","state":"connected","since_ms":1764000000000,
+//! "protocol":{"edge":"3.1.1","hub":"5"}}`: `protocol` is the MQTT version each
+//! side's connections speak (with `protocol = "auto"`, the one in use).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bridge::v311::Client;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubConfig, LinkConfig};
@@ -30,9 +33,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// In-flight window of the state connection.
 const STATE_INFLIGHT: u16 = 4;
 
-/// The JSON payload for `state` (a `State::as_str`, or "offline"/"stopped").
-pub fn payload(link: &str, state: &str) -> Vec<u8> {
-    serde_json::json!({ "link": link, "state": state, "since_ms": now_ms() })
+/// The JSON payload for `state` (a `State::as_str`, or "offline"/"stopped")
+/// and the protocol of each side (see the module doc).
+pub fn payload(link: &str, state: &str, protocol: &BTreeMap<&'static str, String>) -> Vec<u8> {
+    serde_json::json!({ "link": link, "state": state, "since_ms": now_ms(), "protocol": protocol })
         .to_string()
         .into_bytes()
 }
@@ -66,8 +70,8 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
         connection_status,
     ));
 
-    let mut client: Option<AsyncClient> = None;
-    let mut published: Option<&'static str> = None;
+    let mut client: Option<Client> = None;
+    let mut published: Option<(&'static str, BTreeMap<&'static str, String>)> = None;
     let mut check = tokio::time::interval(CHECK_EVERY);
     loop {
         tokio::select! {
@@ -84,17 +88,27 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
             _ = check.tick() => {}
         }
         let Some(c) = &client else { continue };
-        let state = status.state().as_str();
-        if published != Some(state)
-            && c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, state))
-                .is_ok()
+        let now = (status.state().as_str(), status.protocols());
+        if published.as_ref() != Some(&now)
+            && c.try_publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                payload(&link.name, now.0, &now.1),
+            )
+            .is_ok()
         {
-            tracing::debug!(link = %link.name, state, %topic, "state published");
-            published = Some(state);
+            tracing::debug!(link = %link.name, state = now.0, %topic, "state published");
+            published = Some(now);
         }
     }
     if let Some(c) = &client {
-        let _ = c.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload(&link.name, "stopped"));
+        let _ = c.try_publish(
+            topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            payload(&link.name, "stopped", &status.protocols()),
+        );
     }
     // The connection sends what is queued, then DISCONNECT (so no will).
     connection_stop.cancel();

@@ -294,6 +294,22 @@ impl LinkStatus {
         }
     }
 
+    /// The MQTT version each side's connections speak ("5" or "3.1.1"),
+    /// from those up; a side whose connections disagree shows both.
+    pub fn protocols(&self) -> std::collections::BTreeMap<&'static str, String> {
+        let mut by_side: std::collections::BTreeMap<&'static str, Vec<String>> = Default::default();
+        for c in &self.lock().connections {
+            let cs = c.snapshot();
+            if let (true, Some(p)) = (cs.up, cs.protocol) {
+                let seen = by_side.entry(c.side.as_str()).or_default();
+                if !seen.contains(&p) {
+                    seen.push(p);
+                }
+            }
+        }
+        by_side.into_iter().map(|(side, ps)| (side, ps.join(","))).collect()
+    }
+
     /// Messages queued in every direction of the link.
     pub fn queued(&self) -> u64 {
         self.lock().queues.iter().map(|(_, q)| q.depth().messages).sum()

@@ -13,6 +13,9 @@
 //!   PUBACK reason the script returns for it, or not at all.
 //!
 //! CONNACK announces `max_packet_size` and `receive_maximum` when set.
+//! With `refuse_v5` the peer is a 3.1.1-only broker: it answers a v5 CONNECT
+//! with CONNACK reason 0x84 (unsupported protocol version) and closes, and
+//! serves a 3.1.1 client in either role (see [`serve_v311`]).
 //! PINGREQ is always answered. Everything it saw is in [`PeerState`].
 //! Self-contained: std, tokio and rumqttc's `mqttbytes` only.
 
@@ -45,6 +48,8 @@ pub struct PeerScript {
     pub bad_topic_at: Option<(u64, String)>,
     /// Destination role: the PUBACK reason for each PUBLISH received.
     pub ack: Arc<AckFn>,
+    /// Speak only MQTT 3.1.1 (see the module doc).
+    pub refuse_v5: bool,
 }
 
 impl Default for PeerScript {
@@ -55,6 +60,7 @@ impl Default for PeerScript {
             publish_on_subscribe: None,
             bad_topic_at: None,
             ack: Arc::new(|_, _| Some(PubAckReason::Success)),
+            refuse_v5: false,
         }
     }
 }
@@ -89,6 +95,10 @@ pub struct PeerState {
     /// Session messages (source role) the client acknowledged.
     pub acked: u64,
     pub pings: u64,
+    /// v5 CONNECTs refused (`refuse_v5`).
+    pub refused_v5: u64,
+    /// 3.1.1 CONNECTs accepted (`refuse_v5`).
+    pub connections_v311: u64,
 }
 
 pub struct Peer {
@@ -185,6 +195,33 @@ async fn serve(socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState
     let _write_task = AbortOnDrop(write_task);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut conn = 0u64;
+    if script.refuse_v5 {
+        let level = loop {
+            if let Some(level) = connect_level(&buf) {
+                break level;
+            }
+            match tokio::time::timeout(Duration::from_secs(60), socket.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        };
+        if level != 4 {
+            lock(&state).refused_v5 += 1;
+            let refusal = Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::UnsupportedProtocolVersion,
+                properties: None,
+            });
+            let mut wire = BytesMut::new();
+            if refusal.write(&mut wire, None).is_ok() {
+                let _ = wire_tx.send(wire);
+            }
+            // Let the writer send it, then close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        return serve_v311(socket, buf, &script, &state, &session, &wire_tx).await;
+    }
     loop {
         let packet = loop {
             match Packet::read(&mut buf, None) {
@@ -270,6 +307,130 @@ async fn serve(socket: TcpStream, script: PeerScript, state: Arc<Mutex<PeerState
         let mut wire = BytesMut::new();
         for p in out {
             if p.write(&mut wire, None).is_err() {
+                return;
+            }
+        }
+        if !wire.is_empty() && wire_tx.send(wire).is_err() {
+            return;
+        }
+    }
+}
+
+/// The protocol level of the CONNECT at the start of `buf`, once readable.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    // Fixed header: type, remaining length (1-4 bytes); then "MQTT" with its
+    // length (6 bytes) and the level.
+    let mut at = 1;
+    while *buf.get(at)? & 0x80 != 0 {
+        at += 1;
+    }
+    buf.get(at + 7).copied()
+}
+
+/// A 3.1.1-only broker: as a destination, CONNACK, PINGRESP, and a PUBACK
+/// per PUBLISH (when the script's ack is a success; 3.1.1 has no negative
+/// PUBACK); as a source, the session's messages after SUBSCRIBE (and after
+/// a reconnect to the persistent session), as in the v5 role.
+async fn serve_v311(
+    mut socket: tokio::net::tcp::OwnedReadHalf,
+    mut buf: BytesMut,
+    script: &PeerScript,
+    state: &Mutex<PeerState>,
+    session: &Mutex<Session>,
+    wire_tx: &tokio::sync::mpsc::UnboundedSender<BytesMut>,
+) {
+    use rumqttc::mqttbytes::v4::{
+        ConnAck as ConnAck4, ConnectReturnCode as Code4, Packet as P4, PubAck as PubAck4, SubAck as SubAck4,
+        SubscribeReasonCode as Sub4,
+    };
+    // The session's messages, as 3.1.1 PUBLISHes.
+    let resend = || -> Vec<P4> {
+        resend_unacked(script, state, session)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let mut v4 = rumqttc::Publish::new(topic, rumqttc::QoS::AtLeastOnce, p.payload.to_vec());
+                    v4.pkid = p.pkid;
+                    v4.dup = p.dup;
+                    Some(P4::Publish(v4))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let mut conn = 0u64;
+    loop {
+        let packet = loop {
+            match P4::read(&mut buf, 1 << 20) {
+                Ok(p) => break p,
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(_) => return,
+            }
+            match tokio::time::timeout(Duration::from_secs(600), socket.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let mut replies = Vec::new();
+        let reply = match packet {
+            P4::Connect(connect) => {
+                let session_present = {
+                    let mut st = lock(state);
+                    st.connections += 1;
+                    st.connections_v311 += 1;
+                    conn = st.connections;
+                    !connect.clean_session && st.connections > 1
+                };
+                replies.push(P4::ConnAck(ConnAck4::new(Code4::Success, session_present)));
+                if session_present && lock(session).subscribed {
+                    replies.extend(resend());
+                }
+                None
+            }
+            P4::Subscribe(sub) => {
+                let codes = sub
+                    .filters
+                    .iter()
+                    .map(|_| Sub4::Success(rumqttc::QoS::AtLeastOnce))
+                    .collect();
+                replies.push(P4::SubAck(SubAck4::new(sub.pkid, codes)));
+                lock(session).subscribed = true;
+                replies.extend(resend());
+                None
+            }
+            P4::PubAck(ack) => {
+                let mut s = lock(session);
+                if let Some(i) = s.on_wire.remove(&ack.pkid) {
+                    if !s.acked[i] {
+                        s.acked[i] = true;
+                        lock(state).acked += 1;
+                    }
+                }
+                None
+            }
+            P4::PingReq => {
+                lock(state).pings += 1;
+                Some(P4::PingResp)
+            }
+            P4::Publish(p) => {
+                let n = {
+                    let mut st = lock(state);
+                    st.received.push((conn, p.payload.to_vec()));
+                    st.received.len() as u64 - 1
+                };
+                let success = matches!((script.ack)(n, conn), Some(PubAckReason::Success));
+                if success {
+                    lock(state).accepted.push(p.payload.to_vec());
+                }
+                (success && p.qos != rumqttc::QoS::AtMostOnce).then(|| P4::PubAck(PubAck4::new(p.pkid)))
+            }
+            P4::Disconnect => return,
+            _ => None,
+        };
+        let mut wire = BytesMut::new();
+        for reply in reply.into_iter().chain(replies) {
+            if reply.write(&mut wire, 1 << 20).is_err() {
                 return;
             }
         }

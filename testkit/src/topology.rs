@@ -4,7 +4,7 @@
 use std::path::Path;
 use tokio::task::JoinHandle;
 
-use crate::{free_port, publish_seqs, Broker, Collector, Ferry, PublishReport, QoS, LONG};
+use crate::{check_in_order, free_port, publish_seqs, Broker, Collector, Ferry, PublishReport, QoS, Received, LONG};
 
 /// The hub topic of edge `i`'s `out` route in a [`Topology`].
 pub fn down_topic(edge: usize) -> String {
@@ -141,6 +141,33 @@ impl Topology {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Publishes `n` messages each way on every link at once (hub
+    /// `edge/<i>/down/t` and edge `up/t`, 128-byte seq payloads) and asserts
+    /// that every one arrives, in order per link and direction.
+    pub async fn send_both_ways_and_check(&self, n: u64) {
+        let down = self.down_collectors().await;
+        let up = Collector::start(self.hub.addr(), "t-up", "edge/+/up/#", QoS::AtLeastOnce).await;
+        for p in self.spawn_traffic_both_ways(n) {
+            p.await.expect("publisher task");
+        }
+        for (i, c) in down.iter().enumerate() {
+            assert!(
+                c.wait_distinct(n as usize, LONG).await,
+                "edge {i} out: {}",
+                c.describe()
+            );
+            let report = check_in_order(&c.messages(), n).unwrap_or_else(|e| panic!("edge {i} out: {e}"));
+            assert_eq!(report.distinct, n as usize);
+        }
+        let all = self.edges.len() * n as usize;
+        assert!(up.wait_distinct(all, LONG).await, "in: {}", up.describe());
+        for i in 0..self.edges.len() {
+            let topic = format!("edge/{i}/up/t");
+            let mine: Vec<Received> = up.messages().into_iter().filter(|m| m.topic == topic).collect();
+            check_in_order(&mine, n).unwrap_or_else(|e| panic!("edge {i} in: {e}"));
+        }
     }
 
     /// received = forwarded + dropped + queued, as exported
