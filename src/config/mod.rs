@@ -304,7 +304,9 @@ impl Config {
     }
 
     /// Parses and validates config text; `source` names the file in errors
-    /// (and relative secret files are found beside it).
+    /// (and relative secret files are found beside it). Used by tests and
+    /// the config_parse fuzz target; the binary reads files with `load`.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
         Config::parse_with(text, source, Passwords::Read)
     }
