@@ -354,6 +354,16 @@ struct StoreInner {
     _scratch: Option<Scratch>,
 }
 
+/// sled writes what it still buffers when the database closes (a blob file
+/// among it), with the process's umask and after ferry's last commit: flush
+/// it here and make it owner-only, as the files it made before.
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        let _ = self.db.flush();
+        let _ = durable::make_private(&self.path);
+    }
+}
+
 /// A directory removed when dropped.
 struct Scratch(PathBuf);
 
