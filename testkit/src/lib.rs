@@ -18,7 +18,8 @@
 //! publishes numbered messages ([`seq_payload`]) and waits for every ack;
 //! a [`Collector`] records everything it receives on a persistent session and
 //! survives broker restarts; [`check_in_order`] verifies completeness and order.
-//! [`SilentProxy`] simulates a peer that goes silent (powered off, partitioned).
+//! [`SilentProxy`] simulates a peer that goes silent (powered off, partitioned);
+//! [`DelayProxy`] a WAN link (a fixed one-way delay each direction).
 //! [`SmallFs`] is a tiny real filesystem for disk-full tests; [`dir_size`] and
 //! [`free_bytes`] measure disk use; [`status_kib`] and [`cpu_secs`] read a
 //! process's memory and CPU from /proc.
@@ -48,6 +49,7 @@
 //! a `mod` line and a `pub use` line below.
 
 mod broker;
+mod delay;
 mod disk;
 mod ferry;
 mod http;
@@ -66,6 +68,7 @@ mod topology;
 mod wait;
 
 pub use broker::{Broker, MAX_INFLIGHT};
+pub use delay::DelayProxy;
 pub use disk::{cut_in_half, dir_size, free_bytes};
 pub use ferry::{assert_config_refused, run_ferry, run_ferry_bounded, scrape_addr, Ferry};
 pub use http::{http_request, HttpReply};
