@@ -4,6 +4,8 @@
 //! config error naming its line. A link without `[links.tls]` takes
 //! `[defaults.tls]` whole (tables are not merged key by key).
 
+use std::path::{Path, PathBuf};
+
 use toml::Spanned;
 
 use super::error::Problem;
@@ -11,11 +13,14 @@ use super::raw::RawTls;
 use crate::bridge::tls::{self, TlsClient, TlsKey, TlsSettings};
 
 /// The TLS client of `who` ("hub", "link \"edge1\"") from its table.
-pub(super) fn tls_value(who: &str, raw: &Spanned<RawTls>) -> Result<TlsClient, Problem> {
+/// Relative file names are relative to `config_dir` (the config file's
+/// directory), like every other file a config names.
+pub(super) fn tls_value(who: &str, raw: &Spanned<RawTls>, config_dir: &Path) -> Result<TlsClient, Problem> {
     let table = raw.get_ref();
-    let path = |key: &Option<Spanned<String>>| key.as_ref().map(|p| p.get_ref().into());
+    let file = |name: &Spanned<String>| -> PathBuf { config_dir.join(name.get_ref()) };
+    let path = |key: &Option<Spanned<String>>| key.as_ref().map(file);
     let client_auth = match (&table.cert_file, &table.key_file) {
-        (Some(cert), Some(key)) => Some((cert.get_ref().into(), key.get_ref().into())),
+        (Some(cert), Some(key)) => Some((file(cert), file(key))),
         (None, None) => None,
         (Some(only), None) | (None, Some(only)) => {
             return Err(Problem::at(
@@ -73,6 +78,25 @@ pub(super) mod tests {
             e.starts_with("file.toml:6:") && e.contains("cert_file and key_file go together"),
             "{e}"
         );
+    }
+
+    /// `ca_file = "ca.pem"` is found beside the config file, like
+    /// `password_file`, wherever ferry was started from.
+    #[test]
+    fn relative_tls_files_are_relative_to_the_config_file() {
+        let pki = Pki::new("unit-relative");
+        let client = pki.client("c");
+        let dir = pki.ca_file().parent().expect("the Pki's directory").to_path_buf();
+        let name = |p: &Path| p.file_name().expect("a file name").to_string_lossy().into_owned();
+        let text = config(&format!(
+            "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}",
+            name(&pki.ca_file()),
+            name(&client.cert),
+            name(&client.key)
+        ));
+        if let Err(e) = Config::parse(&text, &dir.join("ferry.toml")) {
+            panic!("relative TLS files beside the config were not found: {e}");
+        }
     }
 
     #[test]

@@ -463,7 +463,7 @@ fn validate_link(
     let credentials = reader.credentials(raw.credentials(), problems.warnings());
     let credentials = problems.take(credentials);
     let tls = problems.take_optional(&raw.tls.as_ref().or(defaults_tls), |table| {
-        tls_value(&format!("link {name:?}"), table)
+        tls_value(&format!("link {name:?}"), table, reader.config_dir)
     });
 
     let addresses = match (&host, &port, &tls) {
@@ -790,7 +790,7 @@ pub(super) fn validate(
     let hub_credentials = reader.credentials(hub_raw.credentials(), problems.warnings());
     let hub_credentials = problems.take(hub_credentials);
     let state_topic = problems.take(state_topic(&hub_raw.state_topic));
-    let hub_tls = problems.take_optional(&hub_raw.tls, |table| tls_value("hub", table));
+    let hub_tls = problems.take_optional(&hub_raw.tls, |table| tls_value("hub", table, reader.config_dir));
     let hub_failback = problems.take_optional(&hub_raw.failback_secs, failback_value);
     let hub_addresses = match (&hub_host, &hub_port, &hub_tls) {
         (Some(_), Some(port), Some(tls)) => problems.take(addresses(
