@@ -271,7 +271,19 @@ fn describe_rustls(error: &rustls::Error) -> String {
         E::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => {
             "the broker's certificate is not valid yet (check the clocks)".to_owned()
         }
-        E::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+        E::InvalidCertificate(CertificateError::NotValidForNameContext { expected, presented }) => {
+            let names = if presented.is_empty() {
+                "no subjectAltName (the CN is not checked)".to_owned()
+            } else {
+                format!("only {}", presented.join(", "))
+            };
+            format!(
+                "name mismatch: the broker's certificate is not valid for {:?}: it names {names}; \
+                 set server_name to a name it carries, or put that name in its subjectAltName",
+                expected.to_str()
+            )
+        }
+        E::InvalidCertificate(CertificateError::NotValidForName) => {
             "name mismatch: the broker's certificate is not valid for the name connected to (set server_name)"
                 .to_owned()
         }
