@@ -2,7 +2,9 @@
 //! connection, with the same Rust publisher and subscriber, on loopback.
 //!
 //! Profiles (`FERRY_E2E_PROFILE=defaults,tuned`, both by default; the
-//! paths, backlog and WAN scenarios run once per profile):
+//! paths and WAN scenarios run once per profile, the backlog scenario at
+//! `FERRY_E2E_BACKLOG_PROFILE`, by default `defaults` only, or the profiles
+//! of `FERRY_E2E_PROFILE` when that is set):
 //! - `defaults`: every mosquitto at its shipped defaults but for what the
 //!   harness needs (`Broker::start_bare`: listener, persistence, `user`, a
 //!   large `max_queued_messages`; plus `autosave_interval 0`), so an
@@ -101,6 +103,10 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 struct Settings {
     scenarios: Vec<String>,
     profiles: Vec<Profile>,
+    /// The backlog scenario's (two 1,000,000 backlogs per profile cost
+    /// minutes each): `defaults` unless FERRY_E2E_BACKLOG_PROFILE or
+    /// FERRY_E2E_PROFILE says otherwise.
+    backlog_profiles: Vec<Profile>,
     paths: Vec<String>,
     msgs: u64,
     payloads: Vec<usize>,
@@ -145,17 +151,19 @@ fn numbers<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
 impl Settings {
     fn from_env() -> Settings {
         let quick = std::env::args().any(|a| a == "quick");
+        let profiles = |name: &str, default: &str| -> Vec<Profile> {
+            list(name, default).iter().map(|p| Profile::parse(p)).collect()
+        };
+        let backlog_default = std::env::var("FERRY_E2E_PROFILE").unwrap_or_else(|_| "defaults".into());
         Settings {
             scenarios: list("FERRY_E2E", "paths,backlog,wan,scale"),
-            profiles: list("FERRY_E2E_PROFILE", "defaults,tuned")
-                .iter()
-                .map(|p| Profile::parse(p))
-                .collect(),
+            profiles: profiles("FERRY_E2E_PROFILE", "defaults,tuned"),
+            backlog_profiles: profiles("FERRY_E2E_BACKLOG_PROFILE", &backlog_default),
             paths: list(
                 "FERRY_E2E_PATHS",
                 "direct,mosquitto-bridge,ferry,mosquitto-bridge-tls,ferry-tls",
             ),
-            msgs: env_or("FERRY_E2E_MSGS", if quick { 20_000 } else { 200_000 }),
+            msgs: env_or("FERRY_E2E_MSGS", if quick { 20_000 } else { 100_000 }),
             payloads: numbers("FERRY_E2E_PAYLOADS", "128,4096"),
             rate: env_or("FERRY_E2E_RATE", 5000.0),
             paced_secs: env_or("FERRY_E2E_PACED_SECS", if quick { 2.0 } else { 5.0 }),
@@ -699,6 +707,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 struct Run {
     sent: u64,
     got: u64,
+    /// Not all arrived, and the run stopped at its time limit (rather than
+    /// because nothing arrived for its stall time: lost or stuck).
+    at_limit: bool,
     dups: u64,
     /// Distinct messages / (last delivery - first publish).
     rate: f64,
@@ -718,8 +729,13 @@ impl Run {
     /// "200000/200000", with what went wrong when something did.
     fn delivered(&self) -> String {
         let mut s = format!("{}/{}", self.got, self.sent);
-        if self.got < self.sent {
-            s.push_str(&format!(" ({} missing)", self.sent - self.got));
+        if self.got < self.sent && self.at_limit {
+            s.push_str(&format!(
+                " ({} not delivered within the time limit)",
+                self.sent - self.got
+            ));
+        } else if self.got < self.sent {
+            s.push_str(&format!(" ({} missing: nothing more arrived)", self.sent - self.got));
         }
         if self.dups > 0 {
             s.push_str(&format!(" ({} duplicates)", self.dups));
@@ -737,6 +753,7 @@ async fn saturate(publish: Publish, sub: &Meter, stall: Duration, limit: Duratio
     let t0 = Instant::now();
     let publisher = tokio::spawn(publish.run());
     let got = sub.wait_progress(n, stall, limit).await;
+    let at_limit = got < n && t0.elapsed() >= limit;
     let load = load();
     if got >= n {
         // Every message arrived: its PUBACK is due at once.
@@ -755,6 +772,7 @@ async fn saturate(publish: Publish, sub: &Meter, stall: Duration, limit: Duratio
     Run {
         sent: n,
         got: g.distinct,
+        at_limit,
         dups: g.dups,
         rate: g.distinct as f64 / secs,
         secs,
@@ -1504,6 +1522,20 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+/// ferry's saturated rate against the bridge's: the summary's value, and
+/// MET when ferry is at least as fast and delivered every message.
+fn throughput(f: &PathResult, b: &PathResult) -> (String, &'static str) {
+    let value = format!(
+        "ferry {:.0} vs bridge {:.0} msg/s = {}; delivered {} (load {})",
+        f.sat.rate,
+        b.sat.rate,
+        ratio(Some(f.sat.rate), Some(b.sat.rate)),
+        f.sat.delivered(),
+        f.sat.load
+    );
+    (value, met(f.sat.rate >= b.sat.rate && f.sat.finished()))
+}
+
 /// One table: each target of issue 11 (and issue 9's TLS figure) with what
 /// this run measured.
 fn summary(s: &Settings, r: &Results) {
@@ -1562,18 +1594,14 @@ fn summary(s: &Settings, r: &Results) {
             path(Profile::Defaults, PathKind::Ferry, payload),
             path(Profile::Defaults, PathKind::MosquittoBridge, payload),
         ) {
-            (Some(f), Some(b)) => row(
-                format!("2. loopback defaults {payload} B: >= 1.0x, every message delivered"),
-                format!(
-                    "ferry {:.0} vs bridge {:.0} msg/s = {}; delivered {} (load {})",
-                    f.sat.rate,
-                    b.sat.rate,
-                    ratio(Some(f.sat.rate), Some(b.sat.rate)),
-                    f.sat.delivered(),
-                    f.sat.load
-                ),
-                met(f.sat.rate >= b.sat.rate && f.sat.finished()),
-            ),
+            (Some(f), Some(b)) => {
+                let (value, status) = throughput(f, b);
+                row(
+                    format!("2. loopback defaults {payload} B: >= 1.0x, every message delivered"),
+                    value,
+                    status,
+                )
+            }
             _ => row(format!("2. loopback defaults {payload} B"), not_measured.into(), "-"),
         }
         match (
@@ -1581,18 +1609,8 @@ fn summary(s: &Settings, r: &Results) {
             path(Profile::Tuned, PathKind::MosquittoBridge, payload),
         ) {
             (Some(f), Some(b)) => {
-                row(
-                    format!("3. loopback tuned {payload} B: >= 1.0x"),
-                    format!(
-                        "ferry {:.0} vs bridge {:.0} msg/s = {}; delivered {} (load {})",
-                        f.sat.rate,
-                        b.sat.rate,
-                        ratio(Some(f.sat.rate), Some(b.sat.rate)),
-                        f.sat.delivered(),
-                        f.sat.load
-                    ),
-                    met(f.sat.rate >= b.sat.rate && f.sat.finished()),
-                );
+                let (value, status) = throughput(f, b);
+                row(format!("3. loopback tuned {payload} B: >= 1.0x"), value, status);
                 row(
                     format!("3. loopback tuned {payload} B: paced p99 <= 2x bridge"),
                     format!(
@@ -1707,6 +1725,8 @@ fn summary(s: &Settings, r: &Results) {
             }
         }
     }
+    // By target (the rows start with its number; the informational ones with "(").
+    rows.sort_by(|a, b| a.0.split(' ').next().cmp(&b.0.split(' ').next()));
     println!("\n## summary: the targets of issue 11\n");
     println!("| target | measured | status |");
     println!("|---|---|---|");
@@ -1750,27 +1770,39 @@ fn main() {
         .build()
         .expect("e2e: tokio runtime");
     let mut results = Results::default();
+    let mut times = Vec::new();
     rt.block_on(async {
+        let mut lap =
+            |name: &str, since: Instant| times.push(format!("{name} {:.1} min", since.elapsed().as_secs_f64() / 60.0));
         if s.wants("paths") {
+            let t = Instant::now();
             paths(&s, &mut results.paths).await;
+            lap("paths", t);
         }
         if s.wants("backlog") {
-            for &profile in &s.profiles {
+            let t = Instant::now();
+            for &profile in &s.backlog_profiles {
                 let b = backlog(&s, profile).await;
                 results.backlog.push((profile, b));
             }
+            lap("backlog", t);
         }
         if s.wants("wan") {
+            let t = Instant::now();
             wan(&s, &mut results.wan).await;
+            lap("wan", t);
         }
         if s.wants("scale") {
+            let t = Instant::now();
             results.idle_links = Some(scale(&s).await);
+            lap("scale", t);
         }
     });
     summary(&s, &results);
     println!(
-        "\nelapsed: {:.1} min (load {})",
+        "\nelapsed: {:.1} min ({}; load {})",
         began.elapsed().as_secs_f64() / 60.0,
+        times.join(", "),
         load()
     );
 }
