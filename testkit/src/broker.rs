@@ -33,6 +33,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Broker {
     port: u16,
     dir: TempDir,
+    /// Without the harness's tuning ([`Broker::start_bare`]).
+    bare: bool,
     extra_config: String,
     child: ChildSlot,
 }
@@ -48,7 +50,15 @@ impl Broker {
     /// Like [`Broker::start`], with `extra` config lines appended to the
     /// standard config (for most options, mosquitto takes the last value).
     pub fn start_with(extra: &str) -> Broker {
-        Broker::start_in(new_dir(), extra)
+        Broker::start_in(new_dir(), extra, false)
+    }
+
+    /// A broker at mosquitto's shipped defaults but for what the harness
+    /// needs ([`Broker::bare_config_text`]), with exactly `extra` added: for
+    /// benchmarks of brokers as a new user gets them (in-flight window 20,
+    /// Nagle on, no autosave for 30 min).
+    pub fn start_bare(extra: &str) -> Broker {
+        Broker::start_in(new_dir(), extra, true)
     }
 
     /// Like [`Broker::start`], with logins checked against a mosquitto
@@ -76,13 +86,14 @@ impl Broker {
             assert!(status.success(), "Broker: mosquitto_passwd failed: {status}");
         }
         let extra = format!("password_file {}\nallow_anonymous {allow_anonymous}\n", file.display());
-        Broker::start_in(dir, &extra)
+        Broker::start_in(dir, &extra, false)
     }
 
-    fn start_in(dir: TempDir, extra: &str) -> Broker {
+    fn start_in(dir: TempDir, extra: &str, bare: bool) -> Broker {
         let mut broker = Broker {
             port: free_port(),
             dir,
+            bare,
             extra_config: extra.to_string(),
             child: ChildSlot::default(),
         };
@@ -201,27 +212,37 @@ impl Broker {
         tail
     }
 
-    /// The standard config, for `port` and `dir`:
+    /// The standard config, for `port` and `dir`: [`Broker::bare_config_text`] and
+    /// - `max_inflight_messages` [`MAX_INFLIGHT`]: enough in flight to a client for a fast drain.
+    /// - `autosave_interval 1`: state is saved every ~2 s, so kill -9 loses little;
+    ///   a clean stop (SIGTERM) always saves everything.
+    /// - `set_tcp_nodelay true`: no Nagle delay on small packets.
+    pub fn config_text(port: u16, dir: &Path) -> String {
+        format!(
+            "{}autosave_interval 1\nmax_inflight_messages {MAX_INFLIGHT}\nset_tcp_nodelay true\n",
+            Broker::bare_config_text(port, dir)
+        )
+    }
+
+    /// What every harness broker needs, for `port` and `dir`; the rest is
+    /// mosquitto's default:
+    /// - a loopback listener on `port`, anonymous clients allowed;
+    /// - persistence in `dir`/data, so a stopped broker keeps its sessions;
     /// - `max_queued_messages 100000000` (no limit in effect; not 0, which
     ///   mosquitto before 2.0.17 can stall on): the broker must hold everything a
     ///   subscriber (ferry's ingest, a test's Collector) has not yet acked, for
     ///   as long as it is away; mosquitto's default of 1000 would drop the rest.
-    /// - `max_inflight_messages` [`MAX_INFLIGHT`]: enough in flight to a client for a fast drain.
-    /// - `autosave_interval 1`: state is saved every ~2 s, so kill -9 loses little;
-    ///   a clean stop (SIGTERM) always saves everything.
     /// - `user root`: when tests run as root, mosquitto would otherwise switch to
     ///   the `mosquitto` user, which cannot write to the test's temp directory.
-    pub fn config_text(port: u16, dir: &Path) -> String {
+    /// - a log file in `dir`.
+    pub fn bare_config_text(port: u16, dir: &Path) -> String {
         format!(
             "# Written by the ferry test harness.\n\
              listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              persistence true\n\
              persistence_location {data}/\n\
-             autosave_interval 1\n\
              max_queued_messages 100000000\n\
-             max_inflight_messages {MAX_INFLIGHT}\n\
-             set_tcp_nodelay true\n\
              user root\n\
              log_dest file {log}\n\
              log_type error\n\
@@ -250,7 +271,11 @@ impl Broker {
     }
 
     fn write_config(&self) {
-        let mut text = Broker::config_text(self.port, self.dir.path());
+        let mut text = if self.bare {
+            Broker::bare_config_text(self.port, self.dir.path())
+        } else {
+            Broker::config_text(self.port, self.dir.path())
+        };
         text.push_str(&self.extra_config);
         text.push('\n');
         let path = self.config_path();
