@@ -155,7 +155,7 @@ fn cycle(messages: usize) {
         let dir = tempfile::tempdir().expect("bench: temp dir");
         let (store, queue) = open_queue(dir.path());
         let batch = vec![record(payload); CYCLE_BATCH];
-        let mut round = |n: usize| {
+        let round = |n: usize| {
             for _ in 0..n / CYCLE_BATCH {
                 queue.append(&batch).expect("bench: append failed");
                 store.flush().expect("bench: flush failed");

@@ -186,6 +186,7 @@ pub struct Properties {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub topic: String,
+    #[serde(with = "record::bytes")]
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
