@@ -10,7 +10,9 @@
 //! # On-disk layout
 //! One sled database at `<data_dir>/store`. Each queue is one sled tree named
 //! `queue/<name>` (ferry names queues `<link>/<out|in>`). In a tree:
-//! - one **batch value** per append (an ingest batch), keyed by the 8-byte
+//! - one **batch value** per append (an ingest batch; a large one is split
+//!   into values of at most 7 KiB, which keeps sled's leaf pages from
+//!   becoming blob files, see `queue.rs`), keyed by the 8-byte
 //!   big-endian sequence number of its first record, holding the records
 //!   with consecutive sequence numbers from there; each record keeps its own
 //!   format byte and CRC32, and the value's index (record sizes, count, first

@@ -3,9 +3,10 @@
 //! meta entry; changed together in atomic batches under one lock.
 //!
 //! # Invariants (besides the store's, `mod.rs`)
-//! - a value holds records with consecutive sequence numbers from its key
-//!   (`record.rs`); values do not overlap, and later values have higher
-//!   keys. Sequence numbers between two values belong to no value: records
+//! - a value holds records of one append with consecutive sequence numbers
+//!   from its key (`record.rs`); a large append is split into values of at
+//!   most [`MAX_VALUE_BYTES`] (or one record). Values do not overlap, and
+//!   later values have higher keys. Sequence numbers between two values belong to no value: records
 //!   dropped or evicted in the append that would have stored them;
 //! - a stored record is *live* (queued) when its sequence is at least the
 //!   meta's `low_water` and not in its `acked` set. `acked` holds only
@@ -38,6 +39,15 @@ use super::budget::Budget;
 use super::ledger::Mark;
 use super::record::{self, decode_meta, encode_meta, BatchBuilder, CodecError};
 use super::{AppendOutcome, Depth, DropReason, Entry, Meta, Overflow, QueueLimits, Record, StoreError, Totals};
+
+/// The largest batch value, about: a larger batch is split into several.
+/// sled writes a leaf page over 128 KiB (a quarter of its 512 KiB segment) as
+/// a blob file of its own, created, fsynced and later deleted at every
+/// rewrite of the page, and a leaf holds up to 17 entries: values of at most
+/// 7 KiB keep leaves under that. With one 200 KiB value per batch the blob
+/// files made the store's files overshoot the budget (tests/budget.rs) and
+/// cost as much CPU as the per-record sled work saved at 4 KiB.
+const MAX_VALUE_BYTES: usize = 7 * 1024;
 
 /// Sorts after every 8-byte value key.
 const META_KEY: [u8; 9] = [0xff; 9];
@@ -433,7 +443,9 @@ impl Queue {
         drop(old);
         let new_value = (added.len() > 0).then(|| (first_added, first_added + added.len() as u64));
         if new_value.is_some() {
-            batch.insert(&key(first_added), added.finish(first_added));
+            for (first, value) in added.finish(first_added, MAX_VALUE_BYTES) {
+                batch.insert(&key(first), value);
+            }
         }
         self.settle(&mut meta, &touched, &mut BTreeSet::new(), new_value, &mut batch)?;
         batch.insert(&META_KEY, encode_meta(&meta));

@@ -185,8 +185,35 @@ impl BatchBuilder {
         self.sizes.len()
     }
 
-    /// The finished value for a batch whose first record has sequence `first`.
-    pub(crate) fn finish(mut self, first: u64) -> Vec<u8> {
+    /// The finished values for a batch whose first record has sequence
+    /// `first`: one, or several of at most about `max_value` bytes each when
+    /// the records are larger together (a record larger than that alone),
+    /// each keyed by its own first sequence.
+    pub(crate) fn finish(self, first: u64, max_value: usize) -> Vec<(u64, Vec<u8>)> {
+        if self.buf.len() + 4 * self.sizes.len() + INDEX_TAIL <= max_value {
+            return vec![(first, self.seal(first))];
+        }
+        let mut values = Vec::new();
+        let (mut part, mut part_first, mut at) = (BatchBuilder::new(), first, HEADER);
+        for (i, &size) in self.sizes.iter().enumerate() {
+            let size = size as usize;
+            if part.len() > 0 && part.buf.len() + size + 4 * (part.len() + 1) + INDEX_TAIL > max_value {
+                values.push((
+                    part_first,
+                    std::mem::replace(&mut part, BatchBuilder::new()).seal(part_first),
+                ));
+                part_first = first + i as u64;
+            }
+            part.buf.extend_from_slice(&self.buf[at..at + size]);
+            part.sizes.push_back(size as u32);
+            at += size;
+        }
+        values.push((part_first, part.seal(part_first)));
+        values
+    }
+
+    /// Appends the index and the checksum: the value for sequence `first`.
+    fn seal(mut self, first: u64) -> Vec<u8> {
         let index = self.buf.len();
         for size in &self.sizes {
             self.buf.extend_from_slice(&size.to_le_bytes());
@@ -512,7 +539,41 @@ mod tests {
         for r in records {
             b.push(r);
         }
-        b.finish(first)
+        b.seal(first)
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_value_is_split_in_order() {
+        let records: Vec<Record> = (0..20u8)
+            .map(|i| Record {
+                payload: vec![i; 1000],
+                ..sample()
+            })
+            .collect();
+        let mut b = BatchBuilder::new();
+        for r in &records {
+            b.push(r);
+        }
+        b.push(&Record {
+            payload: vec![7; 9000],
+            ..sample()
+        });
+        let values = b.finish(100, 7 * 1024);
+        assert!(values.len() > 3, "{} values", values.len());
+        let mut next = 100;
+        let mut got = Vec::new();
+        for (key, value) in &values {
+            assert_eq!(*key, next, "values follow each other");
+            let spans = batch_spans(*key, value).unwrap();
+            assert!(
+                value.len() <= 7 * 1024 || spans.len() == 1,
+                "a value over the size holds one record"
+            );
+            next += spans.len() as u64;
+            got.extend(spans.iter().map(|s| decode(&value[s.clone()]).unwrap().payload.len()));
+        }
+        assert_eq!(next, 121);
+        assert_eq!(got, [vec![1000; 20], vec![9000]].concat());
     }
 
     #[test]
@@ -546,7 +607,7 @@ mod tests {
         }
         b.pop_front();
         b.pop_back();
-        let value = b.finish(43);
+        let value = b.seal(43);
         let spans = batch_spans(43, &value).unwrap();
         let got: Vec<Record> = spans.iter().map(|s| decode(&value[s.clone()]).unwrap()).collect();
         assert_eq!(got, records[1..4]);

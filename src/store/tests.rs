@@ -1040,7 +1040,7 @@ fn one_value_per_batch_removed_once_all_its_records_are_gone() {
     let store = Store::open(dir.path()).unwrap();
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     for b in 0..3 {
-        q.append(&recs(b * 64..(b + 1) * 64, 100)).unwrap();
+        q.append(&recs(b * 64..(b + 1) * 64, 10)).unwrap();
     }
     assert_eq!(
         sled_entries(&store, "q"),
@@ -1057,6 +1057,13 @@ fn one_value_per_batch_removed_once_all_its_records_are_gone() {
     assert_eq!(q.first_seq(), Some(s[100]));
     assert_eq!(q.depth().messages, 92);
     assert_invariant(&q);
+    // A batch larger than one value is split: read and acked across them.
+    q.append(&recs(192..256, 1000)).unwrap();
+    assert!(sled_entries(&store, "q") > 4, "64 records of 1 KiB in one value");
+    let s = seqs(&q);
+    assert_eq!(topics(&q).last().map(String::as_str), Some("t/255"));
+    q.ack(&s).unwrap();
+    assert_eq!(sled_entries(&store, "q"), 1, "only the meta entry is left");
 }
 
 #[test]
