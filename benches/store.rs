@@ -4,6 +4,11 @@
 //!   `Store::flush` (the group commit ingest does before acking);
 //! - `read_ack/<payload>`: `Queue::read` of a 256-entry window, then
 //!   `Queue::ack` of it and `Store::flush` (what the drainer does);
+//! - `cycle/<payload>`: what one link does per ingest batch, in a plain
+//!   timed loop: `append` of 64, `flush`, `read` of those 64, `ack`, `flush`
+//!   (the durable commit each time), for 128 B and 4 KiB; prints msgs/s and
+//!   the process's CPU time (user + system, every thread: sled's and the
+//!   syncs' too) per message;
 //! - `open`: `Store::open` + `Store::queue` + the first `read` of a store
 //!   holding 1,000,000 queued 128 B messages, and the bytes on disk per
 //!   queued byte of that store.
@@ -131,6 +136,49 @@ fn read_ack(c: &mut Criterion) {
     empty(&queue);
 }
 
+/// Process CPU time (user + system, all threads) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+const CYCLE_BATCH: usize = 64;
+const CYCLE_MESSAGES: usize = 64 * 500;
+
+/// `cycle/<payload>`: append 64, commit, read them, ack, commit; `messages`
+/// in all (a multiple of 64), after a warm-up of a tenth of that.
+fn cycle(messages: usize) {
+    for payload in PAYLOADS {
+        let dir = tempfile::tempdir().expect("bench: temp dir");
+        let (store, queue) = open_queue(dir.path());
+        let batch = vec![record(payload); CYCLE_BATCH];
+        let round = |n: usize| {
+            for _ in 0..n / CYCLE_BATCH {
+                queue.append(&batch).expect("bench: append failed");
+                store.flush().expect("bench: flush failed");
+                let entries = queue.read(0, CYCLE_BATCH).expect("bench: read failed");
+                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+                queue.ack(&seqs).expect("bench: ack failed");
+                store.flush().expect("bench: flush failed");
+            }
+        };
+        round(messages / 10);
+        let (t, cpu) = (Instant::now(), cpu_time());
+        round(messages);
+        let (wall, cpu) = (t.elapsed(), cpu_time() - cpu);
+        assert_eq!(queue.depth().messages, 0, "bench: cycle left messages queued");
+        println!(
+            "cycle/{payload}B: {messages} messages in batches of {CYCLE_BATCH}: {:.0} msgs/s, CPU {:.1} us/msg ({:.0}% of one core)",
+            messages as f64 / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / messages as f64,
+            100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
+        );
+    }
+}
+
 /// Builds a store of `n` queued 128 B messages, then times open + first read
 /// a few times and reports the disk use. Plain timing: one open of a large
 /// store takes long enough that criterion's sampling would take minutes.
@@ -208,6 +256,7 @@ fn smoke() {
         empty(&queue);
     }
     drop((queue, store));
+    cycle(CYCLE_BATCH);
     open_and_disk();
     println!("store bench: test mode, each operation ran once (run `cargo bench --bench store` to measure)");
 }
@@ -217,9 +266,14 @@ fn main() {
         smoke();
         return;
     }
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // `-- cycle` runs only the cycle (criterion would find no benchmark).
+    if filters.iter().any(|f| f == "cycle") {
+        cycle(CYCLE_MESSAGES);
+        return;
+    }
     benches();
     // A filter that does not name them skips the open and disk measurements.
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if filters.is_empty()
         || filters
             .iter()

@@ -4,7 +4,7 @@
 use arbitrary::Unstructured;
 
 use super::arbitrary_record;
-use crate::store::record::{self, decode, encode, CodecError, FORMAT};
+use crate::store::record::{self, decode, encode, CodecError, FORMAT, RECORD_FORMAT};
 
 /// The record codec on arbitrary bytes.
 ///
@@ -19,11 +19,13 @@ use crate::store::record::{self, decode, encode, CodecError, FORMAT};
 pub fn record_codec(data: &[u8]) {
     check_decoded(data, "as given");
 
-    let mut framed = Vec::with_capacity(data.len() + 5);
-    framed.push(FORMAT);
-    framed.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    framed.extend_from_slice(data);
-    check_decoded(&framed, "framed with a valid header");
+    for format in [RECORD_FORMAT, FORMAT] {
+        let mut framed = Vec::with_capacity(data.len() + 5);
+        framed.push(format);
+        framed.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        framed.extend_from_slice(data);
+        check_decoded(&framed, "framed with a valid header");
+    }
 
     let mut u = Unstructured::new(data);
     let Ok(record) = arbitrary_record(&mut u, 0) else {
@@ -51,7 +53,11 @@ pub fn record_codec(data: &[u8]) {
 }
 
 fn check_decoded(bytes: &[u8], how: &str) {
-    let header_ok = bytes.len() >= 5 && bytes[0] == FORMAT && crc32fast::hash(&bytes[5..]).to_le_bytes() == bytes[1..5];
+    let valid = |format: u8| {
+        bytes.len() >= 5 && bytes[0] == format && crc32fast::hash(&bytes[5..]).to_le_bytes() == bytes[1..5]
+    };
+    let header_ok = valid(RECORD_FORMAT);
+    check_batch(bytes, how);
     match decode(bytes) {
         Ok(record) => {
             assert!(
@@ -71,7 +77,7 @@ fn check_decoded(bytes: &[u8], how: &str) {
             bytes.len()
         ),
         Err(CodecError::UnknownFormat(f)) => {
-            assert!(f != FORMAT, "record_codec ({how}): UnknownFormat({f})")
+            assert!(f != RECORD_FORMAT, "record_codec ({how}): UnknownFormat({f})")
         }
         Err(CodecError::Checksum) => assert!(!header_ok, "record_codec ({how}): Checksum error on a valid checksum"),
         Err(CodecError::Body(_) | CodecError::Trailing(_)) => {
@@ -83,7 +89,7 @@ fn check_decoded(bytes: &[u8], how: &str) {
     }
     if let Ok(meta) = record::decode_meta(bytes) {
         assert!(
-            header_ok,
+            valid(RECORD_FORMAT) || valid(FORMAT),
             "record_codec ({how}): accepted a meta value without a valid header"
         );
         let again = record::encode_meta(&meta);
@@ -92,5 +98,25 @@ fn check_decoded(bytes: &[u8], how: &str) {
             Ok(meta),
             "record_codec ({how}): a decoded meta value re-encoded differently"
         );
+    }
+}
+
+/// A batch value's index read from arbitrary bytes: never panics, and the
+/// spans it accepts lie inside the value, in order, without overlap.
+fn check_batch(bytes: &[u8], how: &str) {
+    let key = bytes
+        .len()
+        .checked_sub(8)
+        .and_then(|at| bytes[at..].try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    if let Ok(spans) = record::batch_spans(key, bytes) {
+        let mut at = 0;
+        for span in &spans {
+            assert!(
+                span.start >= at && span.end <= bytes.len() && span.start <= span.end,
+                "record_codec ({how}): batch span {span:?} outside the value or overlapping"
+            );
+            at = span.end;
+        }
     }
 }

@@ -10,11 +10,32 @@
 //! # On-disk layout
 //! One sled database at `<data_dir>/store`. Each queue is one sled tree named
 //! `queue/<name>` (ferry names queues `<link>/<out|in>`). In a tree:
-//! - record keys are 8-byte big-endian sequence numbers; values are records
-//!   encoded by [`record`]: format byte, CRC32, bincode 2 body;
-//! - one meta entry under a 9-byte key of `0xff` (after every record key)
-//!   holds next_seq, depth (messages, bytes) and the totals received,
-//!   forwarded and dropped per reason, encoded the same way.
+//! - one **batch value** per append (an ingest batch; a large one is split
+//!   into values of at most 7 KiB, which keeps sled's leaf pages from
+//!   becoming blob files, see `queue.rs`), keyed by the 8-byte
+//!   big-endian sequence number of its first record, holding the records
+//!   with consecutive sequence numbers from there; each record keeps its own
+//!   format byte and CRC32, and the value's index (record sizes, count, first
+//!   sequence) has its own CRC32 ([`record`]: format 2). So sled's work, and
+//!   its copying of whole leaves, grows with batches, not messages;
+//! - one meta entry under a 9-byte key of `0xff` (after every value key)
+//!   holds next_seq, depth (messages, bytes), the totals received,
+//!   forwarded and dropped per reason, and what is gone from values still
+//!   stored: the **low-water mark** (every record below it is gone) and the
+//!   **set acked out of order** above it (as runs). A record is queued when it
+//!   is in a value, at or above the mark and not in the set; a value is
+//!   removed in the batch that takes its last queued record (`queue.rs`
+//!   states the invariants).
+//!
+//! **Upgrade from format 1.** ferry before batch values stored one record
+//! per value, keyed by its own sequence number (format byte 1), and a meta
+//! entry without the mark and the set. Such a store opens as it is, nothing
+//! rewritten: a value's first byte says which it is, and a format-1 value is
+//! read as a batch of one. Old and new values coexist in one tree until the
+//! old ones are drained; the old ones always come first, since sequence
+//! numbers only grow. An old meta entry reads as mark 0 and an empty set,
+//! which is what it meant (a record still in the tree was queued); it is
+//! written in the new format by the first mutation.
 //!
 //! Every mutation (an append batch, an ack batch, a drop) changes records and
 //! the meta entry in **one** atomic `sled::Batch`, so the invariants hold
@@ -25,9 +46,13 @@
 //! - ingest: [`Queue::append`] a batch, then [`Store::flush`] (one commit for
 //!   the batch: group commit; sled's flush, then the syncs of `durable.rs`
 //!   that make it survive a power loss), and only then acknowledge the source;
-//! - drain: [`Queue::read`] from a cursor, publish, and [`Queue::ack`] what
-//!   the destination acknowledged. Acks need no flush: an ack lost in a crash
-//!   means the message is sent again (a duplicate, never a loss);
+//! - drain: [`Queue::read`] from a cursor (skipping what is acked), publish,
+//!   and [`Queue::ack`] what the destination acknowledged. Acks need no
+//!   flush: an ack lost in a crash means the message is sent again (a
+//!   duplicate, never a loss). A torn batch value can only be one not yet
+//!   committed, so not yet acknowledged to its source, which sends it again;
+//!   a damaged one found later is dropped and what it held counted as
+//!   `corrupt`;
 //! - limits are applied inside `append` under one lock, with the overflow
 //!   policy; every drop is counted with its [`DropReason`].
 //! - the store-wide budget ([`budget`]: `store_max_bytes`) is checked there
@@ -163,6 +188,7 @@ pub struct Properties {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub topic: String,
+    #[serde(with = "record::bytes")]
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
@@ -235,8 +261,9 @@ pub struct AppendOutcome {
     pub refused: usize,
 }
 
-/// The persisted counters of a queue (the meta entry).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The persisted state of a queue (the meta entry): its counters, and which
+/// stored records are gone although their batch value is still there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub next_seq: u64,
     pub messages: u64,
@@ -246,6 +273,11 @@ pub(crate) struct Meta {
     /// Indexed by `DropReason as usize`. Meta entries written before
     /// `Purged` existed hold five; `record::decode_meta` reads both.
     pub dropped: [u64; DropReason::COUNT],
+    /// The low-water mark: every record with a lower sequence is gone.
+    pub low_water: u64,
+    /// Records at or above `low_water` that are gone (acknowledged or
+    /// dropped out of order) while their batch value still holds others.
+    pub acked: std::collections::BTreeSet<u64>,
 }
 
 /// Errors of the store; their text says what, where, and what to do.

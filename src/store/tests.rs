@@ -69,6 +69,19 @@ fn take_permit(notify: &tokio::sync::Notify) -> bool {
     matches!(notified.poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(()))
 }
 
+/// Flips the last byte of the record `seq` inside its stored batch value,
+/// behind the queue's back (its own checksum then fails; the value's index
+/// stays intact).
+fn damage_record(store: &Store, queue: &str, seq: u64) {
+    let tree = store.inner.db.open_tree(tree_name(queue)).unwrap();
+    let (k, v) = tree.range(..=seq.to_be_bytes()).next_back().unwrap().unwrap();
+    let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+    let spans = record::batch_spans(first, &v).unwrap();
+    let mut v = v.to_vec();
+    v[spans[(seq - first) as usize].end - 1] ^= 0xff;
+    tree.insert(k, v).unwrap();
+}
+
 /// Opens without the production wait for a lock held by a closing store.
 fn open_fast(dir: &Path) -> Result<Store, StoreError> {
     Store::open_waiting(dir, DEFAULT_CACHE_BYTES, Duration::from_millis(100))
@@ -396,12 +409,8 @@ fn a_damaged_record_is_dropped_as_corrupt_never_returned() {
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     q.append(&[rec(0, 5, 0), rec(1, 5, 0), rec(2, 5, 0)]).unwrap();
     let seq = q.read(0, 10).unwrap()[1].seq;
-    // Damage the stored value of the middle record behind the queue's back.
-    let tree = store.inner.db.open_tree("queue/q").unwrap();
-    let mut v = tree.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
-    let last = v.len() - 1;
-    v[last] ^= 0xff;
-    tree.insert(seq.to_be_bytes(), v).unwrap();
+    // Damage the middle record behind the queue's back.
+    damage_record(&store, "q", seq);
     assert_eq!(topics(&q), ["t/0", "t/2"]);
     assert_eq!(q.totals().dropped(DropReason::Corrupt), 1);
     assert_eq!(q.depth().messages, 2);
@@ -414,7 +423,9 @@ fn missing_counters_are_rebuilt_from_the_records() {
     let (last, bytes) = {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
-        q.append(&recs(0..10, 7)).unwrap();
+        // Two batch values; acking all of the first removes it.
+        q.append(&recs(0..3, 7)).unwrap();
+        q.append(&recs(3..10, 7)).unwrap();
         let s = seqs(&q);
         q.ack(&s[..3]).unwrap();
         let bytes = q.depth().bytes;
@@ -791,7 +802,10 @@ fn a_truncated_database_is_reported_as_damaged_not_opened_empty() {
     {
         let store = Store::open(dir.path()).unwrap();
         let q = store.queue("l/out", QueueLimits::UNBOUNDED).unwrap();
-        q.append(&recs(0..5_000, 100)).unwrap();
+        // In batches, as ingest appends them.
+        for i in 0..100 {
+            q.append(&recs(i * 50..(i + 1) * 50, 100)).unwrap();
+        }
         store.checkpoint().unwrap();
     }
     let db = dir.path().join("store").join("db");
@@ -847,11 +861,7 @@ fn scan_streams_in_order_reports_damage_and_changes_nothing() {
     let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
     q.append(&[rec(0, 5, 10), rec(1, 5, 20), rec(2, 5, 30)]).unwrap();
     let s = seqs(&q);
-    let tree = store.inner.db.open_tree("queue/q").unwrap();
-    let mut v = tree.get(s[1].to_be_bytes()).unwrap().unwrap().to_vec();
-    let last = v.len() - 1;
-    v[last] ^= 0xff;
-    tree.insert(s[1].to_be_bytes(), v).unwrap();
+    damage_record(&store, "q", s[1]);
     let before = q.stats();
 
     let scanned: Vec<Scanned> = q.scan(0).map(Result::unwrap).collect();
@@ -1017,4 +1027,224 @@ fn an_unreadable_database_without_a_ledger_is_damaged_not_empty() {
         .expect("an unreadable db must not open as an empty store");
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
     assert!(err.to_string().contains("quarantine"), "{err}");
+}
+
+/// The values (batch values and the meta entry) in a queue's tree.
+fn sled_entries(store: &Store, queue: &str) -> usize {
+    store.inner.db.open_tree(tree_name(queue)).unwrap().len()
+}
+
+#[test]
+fn one_value_per_batch_removed_once_all_its_records_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    for b in 0..3 {
+        q.append(&recs(b * 64..(b + 1) * 64, 10)).unwrap();
+    }
+    assert_eq!(
+        sled_entries(&store, "q"),
+        3 + 1,
+        "three batch values and the meta entry"
+    );
+    let s = seqs(&q);
+    // The first batch acked in two windows, the second one in part.
+    q.ack(&s[..40]).unwrap();
+    assert_eq!(sled_entries(&store, "q"), 4, "a batch value with live records stays");
+    q.ack(&s[40..64]).unwrap();
+    assert_eq!(sled_entries(&store, "q"), 3, "a batch value without live records goes");
+    q.ack(&s[64..100]).unwrap();
+    assert_eq!(q.first_seq(), Some(s[100]));
+    assert_eq!(q.depth().messages, 92);
+    assert_invariant(&q);
+    // A batch larger than one value is split: read and acked across them.
+    q.append(&recs(192..256, 1000)).unwrap();
+    assert!(sled_entries(&store, "q") > 4, "64 records of 1 KiB in one value");
+    let s = seqs(&q);
+    assert_eq!(topics(&q).last().map(String::as_str), Some("t/255"));
+    q.ack(&s).unwrap();
+    assert_eq!(sled_entries(&store, "q"), 1, "only the meta entry is left");
+}
+
+#[test]
+fn acknowledgements_out_of_order_survive_a_reopen_and_are_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, bytes) = {
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+        q.append(&recs(0..10, 10)).unwrap();
+        q.append(&recs(10..20, 10)).unwrap();
+        let s = seqs(&q);
+        q.ack(&[s[0], s[1], s[3], s[5], s[12], s[19]]).unwrap();
+        q.drop_entries(&[s[7]], DropReason::Rejected).unwrap();
+        store.flush().unwrap();
+        (s, q.depth().bytes)
+    };
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    let gone = [0, 1, 3, 5, 7, 12, 19];
+    let want: Vec<u64> = (0..20).filter(|i| !gone.contains(i)).map(|i| s[i]).collect();
+    assert_eq!(seqs(&q), want);
+    // A cursor in the middle of a batch value skips what is acked there.
+    assert_eq!(
+        q.read(s[4], 3).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [s[4], s[6], s[8]]
+    );
+    assert_eq!(q.depth(), Depth { messages: 13, bytes });
+    let t = q.totals();
+    assert_eq!((t.forwarded, t.dropped(DropReason::Rejected)), (6, 1));
+    assert_eq!(q.first_seq(), Some(s[2]));
+    assert_eq!(q.ack(&[s[0], s[3]]).unwrap(), 0, "an acked record is gone for good");
+    assert_invariant(&q);
+}
+
+#[test]
+fn drop_oldest_consumes_the_oldest_batch_value_in_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", limits(0, 100, Overflow::DropOldest)).unwrap();
+    q.append(&recs(0..100, 5)).unwrap();
+    let out = q.append(&recs(100..130, 5)).unwrap();
+    assert_eq!((out.accepted, out.evicted), (30, 30));
+    assert_eq!(topics(&q).first().map(String::as_str), Some("t/30"));
+    assert_eq!(sled_entries(&store, "q"), 3, "the partly evicted value stays");
+    // The rest of the first value goes with 70 more evictions.
+    q.append(&recs(130..200, 5)).unwrap();
+    assert_eq!(sled_entries(&store, "q"), 3);
+    assert_eq!(topics(&q).first().map(String::as_str), Some("t/100"));
+    assert_eq!(q.totals().dropped(DropReason::Overflow), 100);
+    assert_invariant(&q);
+}
+
+#[test]
+fn a_damaged_batch_value_counts_what_it_held_as_corrupt_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let q = store.queue("q", QueueLimits::UNBOUNDED).unwrap();
+    q.append(&recs(0..10, 10)).unwrap();
+    q.append(&recs(10..20, 10)).unwrap();
+    q.append(&recs(20..30, 10)).unwrap();
+    let s = seqs(&q);
+    // Out of order inside the middle value: 3 of its 10 gone.
+    q.ack(&[s[11], s[13], s[15]]).unwrap();
+    let kept_bytes: u64 = recs(0..10, 10).iter().chain(&recs(20..30, 10)).map(size_of).sum();
+    // Damage the middle value's index (its last byte) behind the queue's back.
+    let tree = store.inner.db.open_tree(tree_name("q")).unwrap();
+    let k = s[10].to_be_bytes();
+    let mut v = tree.get(k).unwrap().unwrap().to_vec();
+    let last = v.len() - 1;
+    v[last] ^= 0x01;
+    tree.insert(k, v).unwrap();
+
+    let got = seqs(&q);
+    assert_eq!(
+        got,
+        [&s[..10], &s[20..]].concat(),
+        "the damaged value's records are never returned"
+    );
+    assert_eq!(q.totals().dropped(DropReason::Corrupt), 7, "the 7 live records it held");
+    assert_eq!(
+        q.depth(),
+        Depth {
+            messages: 20,
+            bytes: kept_bytes
+        }
+    );
+    assert!(q.meta_acked_is_empty(), "its acked set went with it");
+    assert_invariant(&q);
+    q.ack(&got).unwrap();
+    assert_eq!(q.depth(), Depth::default());
+    assert_eq!(sled_entries(&store, "q"), 1, "only the meta entry is left");
+}
+
+/// Extracts the data_dir written by ferry at 9345624 (store format 1: one
+/// record per sled value), made by `scripts/make-v1-store.sh`: queue
+/// `edge0/out` holds `v1-edge0-0..149`, `edge1/out` holds `v1-edge1-100..249`
+/// after 100 were forwarded.
+pub(crate) fn v1_store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot extract {}", archive.display());
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+fn payloads(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.record.payload).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_store_of_format_1_opens_drains_in_order_and_keeps_its_counters() {
+    let (_dir, data) = v1_store();
+    let store = Store::open(&data).unwrap();
+    let mut names = store.queue_names();
+    names.sort();
+    assert_eq!(names, ["edge0/out", "edge1/out"]);
+
+    let e0 = store.queue("edge0/out", QueueLimits::UNBOUNDED).unwrap();
+    let all = e0.read(0, usize::MAX).unwrap();
+    let want: Vec<String> = (0..150).map(|n| format!("v1-edge0-{n}")).collect();
+    assert_eq!(payloads(&all), want);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(n, e)| e.record.topic == format!("down/e0/{n}")
+            && e.record.qos == 1
+            && e.record.properties.user_properties == [("k".to_string(), "v".to_string())]));
+    assert_eq!(
+        e0.totals(),
+        Totals {
+            received: 150,
+            ..Totals::default()
+        }
+    );
+
+    let e1 = store.queue("edge1/out", QueueLimits::UNBOUNDED).unwrap();
+    let old = e1.read(0, usize::MAX).unwrap();
+    let want: Vec<String> = (100..250).map(|n| format!("v1-edge1-{n}")).collect();
+    assert_eq!(payloads(&old), want);
+    let (depth, totals) = e1.stats();
+    assert_eq!((totals.received, totals.forwarded, depth.messages), (250, 100, 150));
+    let sizes: u64 = old.iter().map(|e| size_of(&e.record)).sum();
+    assert_eq!(depth.bytes, sizes, "format-1 values count their stored size");
+
+    // Old values and a new batch value side by side, acked out of order
+    // across both, then a reopen.
+    e1.append(&recs(0..10, 8)).unwrap();
+    let s = seqs(&e1);
+    assert_eq!(s.len(), 160);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "new sequences follow the old ones");
+    let acked: Vec<u64> = s.iter().copied().step_by(3).collect();
+    e1.ack(&acked).unwrap();
+    store.checkpoint().unwrap();
+    drop((e0, e1, store));
+
+    let store = Store::open(&data).unwrap();
+    let e1 = store.queue("edge1/out", QueueLimits::UNBOUNDED).unwrap();
+    let left: Vec<u64> = s.iter().copied().filter(|x| !acked.contains(x)).collect();
+    assert_eq!(seqs(&e1), left);
+    let t = e1.totals();
+    assert_eq!((t.received, t.forwarded), (260, 100 + acked.len() as u64));
+    assert_invariant(&e1);
+    // Drained in windows, as the drainer does: nothing is left behind.
+    loop {
+        let w = e1.read(0, 64).unwrap();
+        if w.is_empty() {
+            break;
+        }
+        e1.ack(&w.iter().map(|e| e.seq).collect::<Vec<_>>()).unwrap();
+    }
+    assert_eq!(e1.depth(), Depth::default());
+    assert_eq!(e1.totals().forwarded, 260);
+    assert_eq!(sled_entries(&store, "edge1/out"), 1, "only the meta entry is left");
 }
