@@ -49,7 +49,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, MqttOptions};
 use rumqttc::Outgoing;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -275,11 +274,38 @@ pub enum ConnEvent {
 /// handing over an event never waits: what bounds it is the peer (a broker
 /// honouring the Receive Maximum sends at most `inflight` unacknowledged
 /// messages; one that does not is bounded by [`Intake`]).
-pub type EventSender = mpsc::UnboundedSender<ConnEvent>;
-pub type EventReceiver = mpsc::UnboundedReceiver<ConnEvent>;
+///
+/// A flume channel, not tokio's: tokio's unbounded channel allocates its
+/// first block of 32 events (about 12 KiB) when made, for each of a link's
+/// connections; flume's queue starts empty and grows as far as the traffic
+/// needs. The same API as tokio's: `send` fails once the owner is gone,
+/// `recv` is None once the connection task is gone and everything was taken.
+pub struct EventSender(flume::Sender<ConnEvent>);
+pub struct EventReceiver(flume::Receiver<ConnEvent>);
+
+impl EventSender {
+    // The event comes back in the error, as with tokio's channel: it is large.
+    #[allow(clippy::result_large_err)]
+    pub fn send(&self, event: ConnEvent) -> Result<(), flume::SendError<ConnEvent>> {
+        self.0.send(event)
+    }
+}
+
+impl EventReceiver {
+    /// The next event; None when the sender is gone and nothing is left.
+    /// Cancel-safe (an event is taken only when this returns it).
+    pub async fn recv(&mut self) -> Option<ConnEvent> {
+        self.0.recv_async().await.ok()
+    }
+
+    pub fn try_recv(&mut self) -> Result<ConnEvent, flume::TryRecvError> {
+        self.0.try_recv()
+    }
+}
 
 pub fn event_channel() -> (EventSender, EventReceiver) {
-    mpsc::unbounded_channel()
+    let (tx, rx) = flume::unbounded();
+    (EventSender(tx), EventReceiver(rx))
 }
 
 /// How many messages ingest stores in one batch at most: a full in-flight
@@ -307,6 +333,42 @@ fn request_capacity(inflight: u16) -> usize {
     u16::MAX as usize + 2 * channel_capacity(inflight) + 64
 }
 
+// ---- memory: per-connection sizes (docs/performance.md "Memory") ----
+//
+// rumqttc sizes a connection's tables when its event loop is made, not as
+// they fill: a slot per outgoing in-flight publish (`Option<Publish>`, about
+// 200 bytes each) and an event queue of 100 `Event`s (about 36 KiB). With
+// three or four connections per link, that was most of an idle link's memory.
+
+impl ConnectionSpec {
+    /// How many of its own QoS 1/2 packets the connection may have
+    /// unacknowledged: the window for a drain (and the state connection,
+    /// which sets its own small `inflight`). An ingest connection publishes
+    /// nothing; its only acknowledged requests are the SUBSCRIBEs, one per
+    /// route, so that many packet ids suffice. What it *receives* is bounded
+    /// by the Receive Maximum it announces, `inflight`, not by this.
+    pub fn outgoing_inflight(&self) -> u16 {
+        match self.role {
+            Role::Ingest => u16::try_from(self.subscriptions.len())
+                .unwrap_or(u16::MAX)
+                .clamp(1, self.inflight.max(1)),
+            _ => self.inflight,
+        }
+    }
+}
+
+/// Gives back the event queue rumqttc preallocates for every event loop
+/// (room for 100 events): it grows again as far as the traffic needs, so a
+/// busy connection keeps what it uses and an idle one keeps next to nothing.
+fn release_preallocated(eventloop: &mut EventLoop) {
+    match eventloop {
+        EventLoop::V5(l) => l.state.events = VecDeque::new(),
+        EventLoop::V4(l) => l.state.events = VecDeque::new(),
+    }
+}
+
+// ---- end memory ----
+
 impl ConnectionSpec {
     fn options(&self, host: &str, port: u16) -> MqttOptions {
         let e = &self.endpoint;
@@ -323,7 +385,7 @@ impl ConnectionSpec {
             o.set_session_expiry_interval(Some(u32::MAX));
         }
         o.set_receive_maximum(Some(self.inflight));
-        o.set_outgoing_inflight_upper_limit(self.inflight);
+        o.set_outgoing_inflight_upper_limit(self.outgoing_inflight());
         o.set_max_packet_size(Some(self.max_packet_bytes));
         o.set_connection_timeout(connect_timeout(self.keepalive).as_secs().max(1));
         if let Some(tls) = &e.tls {
@@ -447,6 +509,7 @@ async fn attempt(
         let version = choice.next();
         let (client, mut eventloop) =
             v311::connect(spec, version, spec.options(host, port), request_capacity(spec.inflight));
+        release_preallocated(&mut eventloop);
         let polled = tokio::select! {
             _ = stop.cancelled() => return None,
             r = tokio::time::timeout(connect_timeout(spec.keepalive) + Duration::from_secs(1), eventloop.poll()) => r,
@@ -770,5 +833,73 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) {
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(role: Role, routes: usize, inflight: u16) -> ConnectionSpec {
+        ConnectionSpec {
+            link: "l".into(),
+            side: Side::Hub,
+            role,
+            endpoint: Endpoint {
+                addresses: vec![("127.0.0.1".into(), 1883)],
+                failback: Duration::from_secs(60),
+                tls: None,
+                client_id: "c".into(),
+                username: None,
+                password: None,
+                protocol: Protocol::V5,
+            },
+            keepalive: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            inflight,
+            max_packet_bytes: 1 << 20,
+            subscriptions: (0..routes)
+                .map(|i| Subscription {
+                    filter: format!("t/{i}/#"),
+                    qos: QoS::AtLeastOnce,
+                    id: i + 1,
+                })
+                .collect(),
+            will: None,
+        }
+    }
+
+    /// An ingest connection announces the full window to the broker but
+    /// reserves outgoing slots only for its SUBSCRIBEs (rumqttc allocates one
+    /// per slot at connect); a drain keeps its whole window.
+    #[test]
+    fn ingest_reserves_outgoing_slots_only_for_its_subscriptions() {
+        let ingest = spec(Role::Ingest, 3, 1000).options("127.0.0.1", 1883);
+        assert_eq!(ingest.receive_maximum(), Some(1000));
+        assert_eq!(ingest.get_outgoing_inflight_upper_limit(), Some(3));
+        let one = spec(Role::Ingest, 0, 1000);
+        assert_eq!(one.outgoing_inflight(), 1);
+        let small_window = spec(Role::Ingest, 8, 4);
+        assert_eq!(small_window.outgoing_inflight(), 4);
+        let drain = spec(Role::Drain, 0, 1000).options("127.0.0.1", 1883);
+        assert_eq!(drain.receive_maximum(), Some(1000));
+        assert_eq!(drain.get_outgoing_inflight_upper_limit(), Some(1000));
+    }
+
+    /// The event queue rumqttc makes with room for 100 events is given back,
+    /// for either MQTT version.
+    #[test]
+    fn the_preallocated_event_queue_is_given_back() {
+        for version in [Version::V5, Version::V311] {
+            let s = spec(Role::Drain, 0, 100);
+            let (_client, mut eventloop) = v311::connect(&s, version, s.options("127.0.0.1", 1883), 16);
+            release_preallocated(&mut eventloop);
+            let capacity = match &eventloop {
+                EventLoop::V5(l) => l.state.events.capacity(),
+                EventLoop::V4(l) => l.state.events.capacity(),
+            };
+            assert_eq!(capacity, 0, "{version:?}");
+        }
     }
 }

@@ -248,14 +248,15 @@ pub fn connect(
 /// The 3.1.1 options of a connection: the same identity, keepalive and
 /// acks as its v5 options. An ingest session is persistent
 /// (clean_session=false; in 3.1.1 it never expires), a drain's is clean.
-/// The outgoing window is `inflight` (3.1.1 has no Receive Maximum).
+/// The outgoing window is `spec.outgoing_inflight()` (3.1.1 has no Receive
+/// Maximum: the broker's own limit bounds what it sends).
 fn options(spec: &ConnectionSpec, v5_options: &v5::MqttOptions) -> rumqttc::MqttOptions {
     let (host, port) = v5_options.broker_address();
     let mut o = rumqttc::MqttOptions::new(v5_options.client_id(), host, port);
     o.set_keep_alive(spec.keepalive);
     o.set_manual_acks(spec.role == Role::Ingest);
     o.set_clean_session(spec.role != Role::Ingest);
-    o.set_inflight(spec.inflight);
+    o.set_inflight(spec.outgoing_inflight());
     let max = spec.max_packet_bytes as usize;
     o.set_max_packet_size(max, max);
     o.set_transport(v5_options.transport());
