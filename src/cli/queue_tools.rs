@@ -575,13 +575,17 @@ mod tests {
         let cfg = config(dir.path());
         fill(dir.path());
         {
-            // Damage the middle record of a/out behind the store's back.
+            // Damage the middle record of a/out behind the store's back: the
+            // three records are one batch value; flip the last byte of the
+            // second record's span.
             let db = sled::open(dir.path().join("store")).unwrap();
             let tree = db.open_tree("queue/a/out").unwrap();
-            let (k, v) = tree.iter().nth(1).unwrap().unwrap();
+            let (k, v) = tree.iter().next().unwrap().unwrap();
+            let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+            let spans = crate::store::record::batch_spans(first, &v).unwrap();
+            assert_eq!(spans.len(), 3, "one value holds the batch");
             let mut v = v.to_vec();
-            let last = v.len() - 1;
-            v[last] ^= 0xff;
+            v[spans[1].end - 1] ^= 0xff;
             tree.insert(k, v).unwrap();
             db.flush().unwrap();
         }
