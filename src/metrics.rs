@@ -33,6 +33,8 @@ pub const RECONNECTS: &str = "ferry_reconnects_total";
 pub const WATCHDOG_RESTARTS: &str = "ferry_connection_watchdog_restarts_total";
 pub const RECEIVE_MAXIMUM_EXCEEDED: &str = "ferry_receive_maximum_exceeded_total";
 pub const PUBLISHES_DEFERRED: &str = "ferry_publishes_deferred_total";
+pub const DRAIN_WINDOW: &str = "ferry_drain_window";
+pub const V5_PROPERTIES_DROPPED: &str = "ferry_v5_properties_dropped_total";
 pub const LINK_STALLED: &str = "ferry_link_stalled";
 pub const REFUSED: &str = "ferry_messages_refused_total";
 pub const ACK_TIMEOUTS: &str = "ferry_ack_timeouts_total";
@@ -158,6 +160,14 @@ fn describe() {
     describe_counter!(
         PUBLISH_RETRIES,
         "Publishes the destination refused for now (quota exceeded, unspecified or implementation specific error) and that are sent again (link, direction)."
+    );
+    describe_gauge!(
+        DRAIN_WINDOW,
+        "Publishes the drain may keep in flight now: starts at inflight on each connection, grows while a backlog waits (link, direction)."
+    );
+    describe_counter!(
+        V5_PROPERTIES_DROPPED,
+        "Messages with MQTT 5 properties sent without them over an MQTT 3.1.1 drain connection (link, direction)."
     );
     describe_counter!(
         PUBLISHES_DEFERRED,

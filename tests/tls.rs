@@ -205,7 +205,12 @@ async fn wrong_ca_expired_certificate_and_name_mismatch_are_refused_and_say_so()
     setup.wait_error("wrongca", "unknown issuer").await;
     setup.wait_error("expired", "expired").await;
     // It names the name it checked (the host here) and what the certificate carries.
-    setup.wait_error("mismatch", "name mismatch: the broker's certificate is not valid for \"127.0.0.1\": it names").await;
+    setup
+        .wait_error(
+            "mismatch",
+            "name mismatch: the broker's certificate is not valid for \"127.0.0.1\": it names",
+        )
+        .await;
     deliver_both_ways(setup.hub.addr(), plain.addr(), 3).await;
     let log = ferry.log();
     assert!(

@@ -60,6 +60,7 @@ use crate::names::{Direction, Protocol, Role, Side};
 use crate::secret::Secret;
 
 use super::v311::{self, Choice, Client, EventLoop, Version};
+use super::window;
 
 /// One connection's state, written by its connection task and read by the
 /// link's status ([`crate::link::status`]).
@@ -241,12 +242,15 @@ pub struct ConnectionSpec {
     pub keepalive: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
-    /// Outgoing in-flight limit and the receive maximum announced to the broker.
+    /// Outgoing in-flight limit at connect (a drain grows it, see
+    /// [`window`]) and the receive maximum announced to the broker.
     pub inflight: u16,
     pub max_packet_bytes: u32,
     pub subscriptions: Vec<Subscription>,
     /// What the broker publishes when the connection dies without a DISCONNECT.
     pub will: Option<rumqttc::v5::mqttbytes::v5::LastWill>,
+    /// A drain's requests about its window ([`window`]); None for others.
+    pub window: Option<Arc<window::Control>>,
 }
 
 /// What the connection task hands to its owner, in order.
@@ -263,7 +267,12 @@ pub enum ConnEvent {
         client: Client,
         max_packet_size: Option<u32>,
         reset: CancellationToken,
+        /// What this connection allows a drain's window.
+        window: window::Limits,
     },
+    /// The answer to a drain's [`window::Request::Resize`]: the window's new
+    /// size, or None when rumqttc's state was not idle (unchanged).
+    Window { epoch: u64, grown: Option<u16> },
     /// A packet that the owner cares about (publishes and their acks).
     Packet { epoch: u64, event: Event },
     /// The connection of `epoch` is gone.
@@ -442,6 +451,13 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
         let Some(failure) = attempt(&spec, &failover, epoch, &events, &stop, &status, &mut choice).await else {
             return;
         };
+        if failure.at_once {
+            // Closed on purpose to connect again another way (`auto` -> 3.1.1).
+            if events.send(ConnEvent::Down { epoch }).is_err() {
+                return;
+            }
+            continue;
+        }
         if failure.fail_back {
             failover.fail_back();
         } else if failure.up_for.is_none() {
@@ -478,6 +494,8 @@ struct Failure {
     up_for: Option<Duration>,
     /// Closed because the first address answers again (failback).
     fail_back: bool,
+    /// Closed on purpose to connect again at once (no backoff, no warning).
+    at_once: bool,
 }
 
 /// One connection: connect, subscribe when the session is new, then hand
@@ -503,6 +521,7 @@ async fn attempt(
             shown,
             up_for: None,
             fail_back: false,
+            at_once: false,
         })
     };
     let (version, client, mut eventloop, session_present, connack) = loop {
@@ -545,7 +564,9 @@ async fn attempt(
     };
     let max_packet_size = connack.as_ref().and_then(|p| p.max_packet_size);
     let receive_maximum = connack.as_ref().and_then(|p| p.receive_max);
-    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight) {
+    // `auto` lifts the cap itself when a backlog waits (see `window`).
+    let auto_v5 = version == Version::V5 && spec.endpoint.protocol == Protocol::Auto;
+    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && !auto_v5) {
         tracing::warn!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum caps this MQTT 5 connection below inflight: at most that many messages per round trip; raise the broker's max_inflight_messages, or set protocol = \"3.1.1\" for this side if no message needs MQTT 5 properties");
     }
     if !session_present {
@@ -572,6 +593,11 @@ async fn attempt(
         client: client.clone(),
         max_packet_size,
         reset: reset.clone(),
+        window: window::Limits::new(
+            spec.inflight,
+            receive_maximum.filter(|_| version == Version::V5),
+            auto_v5,
+        ),
     };
     if events.send(up).is_err() {
         return None;
@@ -580,6 +606,7 @@ async fn attempt(
     let mut intake = Intake::new(spec);
     let dead_after = spec.keepalive * 3 / 2;
     let mut fail_back = false;
+    let mut speak_v311 = false;
     let reason = tokio::select! {
         _ = failover.first_answers() => {
             fail_back = true;
@@ -587,7 +614,7 @@ async fn attempt(
             tracing::info!(link, side, role, %addr, first = %first, "the first address answers again: moving back to it");
             Some(format!("moving back to the first address {first}"))
         }
-        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake) => r,
+        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake, &mut speak_v311) => r,
         _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
         stuck_ms = watchdog(status, spec.keepalive) => {
             counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
@@ -597,6 +624,17 @@ async fn attempt(
     };
     status.poll_ended();
     gauge!(m::CONNECTION_UP, &labels).set(0.0);
+    if speak_v311 && choice.speak_v311() {
+        close(&client, &mut eventloop).await;
+        return Some(Failure {
+            event: "speaking MQTT 3.1.1",
+            shown: format!("connection to {addr} closed to speak MQTT 3.1.1"),
+            error: reason,
+            up_for: Some(connected_at.elapsed()),
+            fail_back: false,
+            at_once: true,
+        });
+    }
     let Some(reason) = reason else {
         // Stopped on purpose: flush what the owner queued, then close.
         status.set_closed();
@@ -610,6 +648,7 @@ async fn attempt(
         error: Some(reason),
         up_for: Some(connected_at.elapsed()),
         fail_back,
+        at_once: false,
     })
 }
 
@@ -640,6 +679,7 @@ async fn drive(
     dead_after: Duration,
     status: &ConnStatus,
     intake: &mut Intake,
+    speak_v311: &mut bool,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let mut last_heard = Instant::now();
@@ -649,6 +689,12 @@ async fn drive(
         let polled = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
+            _ = window_asked(spec) => {
+                match window_request(spec, eventloop, events, epoch, speak_v311) {
+                    Some(why) => return Some(why),
+                    None => continue,
+                }
+            }
             r = tokio::time::timeout_at(deadline, eventloop.poll()) => r,
         };
         status.poll_returned();
@@ -700,6 +746,49 @@ async fn drive(
         }
     }
 }
+
+// ---- a drain's window requests (see `window`) ----
+
+/// Resolves when the drain may have asked something of this connection.
+async fn window_asked(spec: &ConnectionSpec) {
+    match &spec.window {
+        Some(control) => control.asked().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Does what the drain asked, if anything, for this connection (`epoch`).
+/// A growth is answered at once, done or not; a switch to 3.1.1 returns
+/// why the connection ends (and sets `speak_v311`).
+fn window_request(
+    spec: &ConnectionSpec,
+    eventloop: &mut EventLoop,
+    events: &EventSender,
+    epoch: u64,
+    speak_v311: &mut bool,
+) -> Option<String> {
+    let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
+    match spec.window.as_ref()?.take(epoch)? {
+        window::Request::Resize(size) => {
+            let grown = eventloop.resize(size);
+            tracing::debug!(link, side, role, size, grown, "drain window");
+            let _ = events.send(ConnEvent::Window {
+                epoch,
+                grown: grown.then_some(size),
+            });
+            None
+        }
+        window::Request::SpeakV311 { receive_maximum } => {
+            tracing::info!(link, side, role, receive_maximum, "the broker's Receive Maximum caps this MQTT 5 drain at {receive_maximum} messages per round trip while a backlog waits: speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. MQTT 3.1.1 does not carry MQTT 5 message properties (a message sent without them is counted in ferry_v5_properties_dropped_total); set protocol = \"5\" on this side to keep MQTT 5 and its cap");
+            *speak_v311 = true;
+            Some(format!(
+                "the broker's Receive Maximum ({receive_maximum}) capped the drain: speaking MQTT 3.1.1"
+            ))
+        }
+    }
+}
+
+// ---- end of a drain's window requests ----
 
 /// What a subscribing connection keeps of what the broker sends.
 ///
@@ -867,6 +956,7 @@ mod tests {
                 })
                 .collect(),
             will: None,
+            window: None,
         }
     }
 

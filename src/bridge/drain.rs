@@ -29,6 +29,9 @@
 //! requests were made, so a FIFO of sent sequence numbers, popped on that
 //! event, maps packet ids to queue entries.
 //!
+//! The window grows while a backlog waits ([`super::window`]): `inflight`
+//! is where each connection starts.
+//!
 //! A paced link ([`super::pace`]) gives the drain a token bucket: `fill`
 //! stops before a publish the bucket refuses (that entry is read again), and
 //! the loop waits for the bucket beside everything else, so acks and
@@ -53,13 +56,17 @@ use crate::store::{DropReason, Entry, Queue, Record, Store};
 use super::connection::ConnStatus;
 use super::connection::{ConnEvent, EventReceiver};
 use super::v311::Client;
+use super::window::{self, Sizer, Step};
 
 pub struct Drain {
     pub link: String,
     pub direction: Direction,
     pub store: Store,
     pub queue: Queue,
-    pub window: usize,
+    /// The window each connection starts with (`inflight`).
+    pub inflight: u16,
+    /// Where the drain asks its connection to grow the window.
+    pub control: Arc<window::Control>,
     pub ttl: Option<Duration>,
     /// No acknowledgement for this long while connected: stalled, reset.
     pub ack_timeout: Duration,
@@ -169,9 +176,12 @@ fn pubrec_verdict(reason: PubRecReason) -> Verdict {
     }
 }
 
-#[derive(Default)]
 struct Window {
     client: Option<(u64, Client)>,
+    /// The size of the window and when it grows.
+    sizer: Sizer,
+    /// A request for the connection, made once nothing is in flight.
+    want: Option<window::Request>,
     /// The destination's Maximum Packet Size, from its CONNACK.
     max_packet_size: Option<u32>,
     /// Resets the current connection (taken when used: once per connection).
@@ -203,6 +213,29 @@ struct Window {
 }
 
 impl Window {
+    fn new(inflight: u16) -> Window {
+        Window {
+            client: None,
+            sizer: Sizer::new(inflight),
+            want: None,
+            max_packet_size: None,
+            reset: None,
+            retry_at: None,
+            retry_backoff: None,
+            probing: false,
+            stalled: false,
+            last_ack: None,
+            cursor: 0,
+            unmatched: VecDeque::new(),
+            inflight: HashMap::new(),
+            highest_sent: None,
+            delivered_count: 0,
+            delivered: Vec::new(),
+            rejected: Vec::new(),
+            too_large: Vec::new(),
+            flushing: None,
+        }
+    }
     fn outstanding(&self) -> usize {
         self.unmatched.len() + self.inflight.len()
     }
@@ -218,7 +251,7 @@ impl Window {
 
 impl Drain {
     pub async fn run(mut self) {
-        let mut w = Window::default();
+        let mut w = Window::new(self.inflight);
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress_tick = tokio::time::interval(PROGRESS_EVERY);
@@ -237,6 +270,7 @@ impl Drain {
                 w.cursor = 0;
             }
             self.fill(&mut w).await;
+            self.size_window(&mut w);
             let room = w.client.is_some() && w.outstanding() < self.window_now(&w) && w.retry_at.is_none();
             let retry_due = w.retry_at.filter(|_| w.outstanding() == 0);
             tokio::select! {
@@ -316,9 +350,44 @@ impl Drain {
     fn window_now(&self, w: &Window) -> usize {
         if w.probing {
             1
+        } else if w.sizer.pending() {
+            0 // the window is changing: let it empty
         } else {
-            self.window
+            w.sizer.size()
         }
+    }
+
+    /// Grows the window while the drain is bound by it with a backlog
+    /// ([`window`]): decides, then asks the connection once nothing is in flight.
+    fn size_window(&self, w: &mut Window) {
+        let Some((epoch, _)) = w.client.as_ref() else { return };
+        let outstanding = w.outstanding();
+        // Only a full window may grow, only an empty one shrink.
+        let may_change = outstanding >= w.sizer.size() || (outstanding == 0 && w.sizer.size() > self.inflight as usize);
+        if w.want.is_none() && !w.sizer.pending() && may_change {
+            let (depth, _) = self.queue.stats();
+            let waiting = depth.messages.saturating_sub(w.outstanding() as u64);
+            let mean_bytes = depth.bytes / depth.messages.max(1);
+            let (step, line) = w
+                .sizer
+                .step(outstanding, waiting, mean_bytes, tokio::time::Instant::now());
+            if let Some(line) = line {
+                tracing::warn!(link = %self.link, direction = %self.direction, receive_maximum = w.sizer.limits().receive_maximum, "{line}");
+            }
+            if let Step::Ask(request) = step {
+                w.want = Some(request);
+            }
+        }
+        if w.outstanding() == 0 {
+            if let Some(request) = w.want.take() {
+                self.control.ask(*epoch, request);
+            }
+        }
+    }
+
+    fn set_window_gauge(&self, w: &Window) {
+        gauge!(m::DRAIN_WINDOW, "link" => self.link.clone(), "direction" => self.direction.as_str())
+            .set(w.sizer.size() as f64);
     }
 
     fn on_event(&mut self, w: &mut Window, ev: ConnEvent) {
@@ -328,8 +397,12 @@ impl Drain {
                 client,
                 max_packet_size,
                 reset,
+                window,
             } => {
                 w.reset();
+                w.sizer = Sizer::up(window);
+                w.want = None;
+                self.set_window_gauge(w);
                 // Replay from the oldest entry still queued.
                 w.cursor = 0;
                 w.client = Some((epoch, client));
@@ -349,6 +422,13 @@ impl Drain {
                     return;
                 }
                 self.on_packet(w, event);
+            }
+            ConnEvent::Window { epoch, grown } => {
+                if matches!(w.client, Some((e, _)) if e == epoch) {
+                    let size = grown.unwrap_or(w.sizer.size() as u16);
+                    w.sizer.grown(size);
+                    self.set_window_gauge(w);
+                }
             }
         }
     }
@@ -378,6 +458,7 @@ impl Drain {
                 self.set_stalled(w, false);
                 match puback_verdict(ack.reason) {
                     Verdict::Delivered => {
+                        w.sizer.round_trip(sent.at.elapsed());
                         w.delivered.push(sent);
                         w.probing = false;
                         if w.retry_at.is_none() {
@@ -413,6 +494,7 @@ impl Drain {
             Event::Incoming(Packet::PubComp(comp)) => {
                 if let Some(sent) = w.inflight.remove(&comp.pkid) {
                     self.set_stalled(w, false);
+                    w.sizer.round_trip(sent.at.elapsed());
                     w.delivered.push(sent);
                     w.probing = false;
                 }
@@ -435,6 +517,7 @@ impl Drain {
         let rejected = std::mem::take(&mut w.rejected);
         let too_large = std::mem::take(&mut w.too_large);
         w.delivered_count += delivered.len() as u64;
+        w.sizer.acked(delivered.len());
         crate::fault::after_delivery(&self.link, w.delivered_count);
         let now = m::now_ms();
         let labels = [
@@ -532,6 +615,13 @@ impl Drain {
                     counter!(m::REDELIVERED, "link" => self.link.clone(), "direction" => self.direction.as_str())
                         .increment(1);
                 }
+                if has_v5_properties(&record) {
+                    if client.is_v311() {
+                        counter!(m::V5_PROPERTIES_DROPPED, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
+                    } else {
+                        w.sizer.sent_properties();
+                    }
+                }
                 let qos = qos_of(record.qos);
                 let payload = bytes::Bytes::from(record.payload);
                 if let Some(max) = w.max_packet_size {
@@ -543,11 +633,13 @@ impl Drain {
                     }
                 }
                 w.highest_sent = Some(w.highest_sent.map_or(seq, |h| h.max(seq)));
+                let at = tokio::time::Instant::now();
+                w.sizer.sending(at);
                 w.unmatched.push_back(Sent {
                     seq,
                     qos,
                     received_at_ms: record.received_at_ms,
-                    at: tokio::time::Instant::now(),
+                    at,
                 });
                 if let Err(e) = client
                     .publish_with_properties(record.topic, qos, record.retain, payload, props)
@@ -612,6 +704,11 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether a message carries anything only MQTT 5 can carry.
+fn has_v5_properties(record: &Record) -> bool {
+    record.properties != crate::store::Properties::default()
 }
 
 fn qos_of(q: u8) -> QoS {

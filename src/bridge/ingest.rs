@@ -184,7 +184,7 @@ impl Ingest {
                     stored: false,
                 });
             }
-            ConnEvent::Packet { .. } => {}
+            ConnEvent::Packet { .. } | ConnEvent::Window { .. } => {}
         }
     }
 

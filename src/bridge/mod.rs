@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod pace;
 pub mod tls;
 pub mod v311;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -140,7 +141,9 @@ pub fn spawn_half(
                 });
             }
             Half::Drain => {
-                let spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
+                let mut spec = connection_spec(link, dest_side, Role::Drain, dest_ep, Vec::new());
+                let control = window::Control::new();
+                spec.window = Some(control.clone());
                 let status = ConnStatus::new(direction, dest_side, Role::Drain);
                 connections.push(status.clone());
                 tasks.spawn(connection_task(
@@ -154,7 +157,8 @@ pub fn spawn_half(
                     direction,
                     store: store.clone(),
                     queue: queue.clone(),
-                    window: link.inflight as usize,
+                    inflight: link.inflight,
+                    control,
                     ttl: link.message_ttl,
                     ack_timeout: link.ack_timeout,
                     status,
@@ -193,6 +197,7 @@ pub fn connection_spec(
         max_packet_bytes: link.max_message_bytes.saturating_add(64 * 1024),
         subscriptions,
         will: None,
+        window: None,
     }
 }
 

@@ -14,7 +14,7 @@
 //! subscription identifiers either, so ingest routes it by matching its
 //! topic against the route filters. There is no No Local: the config's loop
 //! check is the protection. There is no Receive Maximum: the outgoing
-//! window is `inflight`.
+//! window starts at `inflight` and grows with a backlog ([`super::window`]).
 //!
 //! Which version a connection speaks is chosen by [`Choice`]: `protocol =
 //! "auto"` tries MQTT 5 first and falls back to 3.1.1 at once when the
@@ -56,6 +56,8 @@ impl Version {
 /// v5 is tried again at once over 3.1.1, and 3.1.1 is kept for that
 /// connection until a 3.1.1 attempt fails to connect for another reason;
 /// then v5 is tried first again (the broker may have been upgraded).
+/// A drain that `auto` moved to 3.1.1 because the broker's Receive Maximum
+/// capped it ([`Choice::speak_v311`]) keeps 3.1.1 the same way.
 #[derive(Debug, Clone, Copy)]
 pub struct Choice {
     configured: Protocol,
@@ -87,6 +89,16 @@ impl Choice {
             return true;
         }
         false
+    }
+
+    /// `auto`: the next attempts speak 3.1.1 (a drain capped by the broker's
+    /// Receive Maximum, see [`super::window`]). Whether `auto` allows it.
+    pub fn speak_v311(&mut self) -> bool {
+        if self.configured != Protocol::Auto {
+            return false;
+        }
+        self.fell_back = true;
+        true
     }
 
     /// An attempt failed to connect for another reason.
@@ -144,6 +156,10 @@ fn err(e: impl std::fmt::Display) -> ClientError {
 }
 
 impl Client {
+    pub fn is_v311(&self) -> bool {
+        matches!(self, Client::V4(_))
+    }
+
     /// Acknowledges a received message (its packet id and QoS).
     pub fn try_ack(&self, p: &Publish) -> Result<(), ClientError> {
         match self {
@@ -222,6 +238,45 @@ impl EventLoop {
     }
 }
 
+impl EventLoop {
+    /// Replaces rumqttc's outgoing in-flight state by one with room for
+    /// `window` publishes (on v5 the caller keeps it within the broker's
+    /// Receive Maximum, which a new state no longer knows). rumqttc sizes
+    /// that state once, at connect; a new one is safe only while it holds
+    /// nothing: no publish or release in flight, no event not yet returned,
+    /// no collision, no request kept from an earlier session. Returns
+    /// whether it was replaced (false: not idle, try later).
+    pub fn resize(&mut self, window: u16) -> bool {
+        match self {
+            EventLoop::V5(l) => {
+                let s = &l.state;
+                if s.inflight() != 0 || !s.events.is_empty() || s.collision.is_some() || !l.pending.is_empty() {
+                    return false;
+                }
+                let mut new = v5::MqttState::new(window, s.manual_acks);
+                new.events = std::collections::VecDeque::new(); // grows as needed (see connection.rs, memory)
+                new.await_pingresp = s.await_pingresp;
+                new.broker_topic_alias_max = s.broker_topic_alias_max;
+                l.state = new;
+                l.options.set_outgoing_inflight_upper_limit(window);
+            }
+            EventLoop::V4(l) => {
+                let s = &l.state;
+                if s.inflight() != 0 || !s.events.is_empty() || s.collision.is_some() || !l.pending.is_empty() {
+                    return false;
+                }
+                let mut new = rumqttc::MqttState::new(window, s.manual_acks);
+                new.events = std::collections::VecDeque::new();
+                new.await_pingresp = s.await_pingresp;
+                l.state = new;
+                // The v4 event loop reads its window from the options.
+                l.mqtt_options.set_inflight(window);
+            }
+        }
+        true
+    }
+}
+
 /// A client and event loop of `version` for `spec`, with the v5 options
 /// `v5_options` or their 3.1.1 equivalent.
 pub fn connect(
@@ -248,8 +303,9 @@ pub fn connect(
 /// The 3.1.1 options of a connection: the same identity, keepalive and
 /// acks as its v5 options. An ingest session is persistent
 /// (clean_session=false; in 3.1.1 it never expires), a drain's is clean.
-/// The outgoing window is `spec.outgoing_inflight()` (3.1.1 has no Receive
-/// Maximum: the broker's own limit bounds what it sends).
+/// The outgoing window starts at `spec.outgoing_inflight()` (a drain's
+/// `inflight`, grown later by `window.rs`; ingest's SUBSCRIBEs only). 3.1.1
+/// has no Receive Maximum: the broker's own limit bounds what it sends.
 fn options(spec: &ConnectionSpec, v5_options: &v5::MqttOptions) -> rumqttc::MqttOptions {
     let (host, port) = v5_options.broker_address();
     let mut o = rumqttc::MqttOptions::new(v5_options.client_id(), host, port);

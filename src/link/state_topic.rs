@@ -82,7 +82,7 @@ pub async fn run(link: LinkConfig, hub: HubConfig, topic: String, status: Arc<Li
                     published = None;
                 }
                 Some(ConnEvent::Down { .. }) => client = None,
-                Some(ConnEvent::Packet { .. }) => {}
+                Some(ConnEvent::Packet { .. } | ConnEvent::Window { .. }) => {}
                 None => break,
             },
             _ = check.tick() => {}
