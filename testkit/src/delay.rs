@@ -24,6 +24,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::free_port;
+use crate::proxy::accept_each;
 
 /// Chunks waiting in one direction before the reader stops reading.
 pub const CHUNKS_IN_FLIGHT: usize = 4096;
@@ -96,20 +97,10 @@ async fn accept_loop(
     one_way: Duration,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
 ) {
-    loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
-            Err(_) => {
-                // e.g. out of file descriptors: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let task = tokio::spawn(forward(client, target, one_way));
-        let mut connections = connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        connections.retain(|c| !c.is_finished());
-        connections.push(task.abort_handle());
-    }
+    accept_each(listener, connections, |client| {
+        tokio::spawn(forward(client, target, one_way))
+    })
+    .await
 }
 
 /// Connects to the target and passes bytes both ways, each delayed.

@@ -125,6 +125,21 @@ async fn accept_loop(
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accepted: Arc<AtomicU64>,
 ) {
+    accept_each(listener, connections, |client| {
+        accepted.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(forward(client, target, silent.clone()))
+    })
+    .await
+}
+
+/// Accepts connections for ever, starting `serve` for each and keeping its
+/// task in `connections` (so that the proxy can close them all): the accept
+/// loop of [`SilentProxy`] and [`crate::DelayProxy`].
+pub(crate) async fn accept_each(
+    listener: TcpListener,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    mut serve: impl FnMut(TcpStream) -> JoinHandle<()>,
+) {
     loop {
         let client = match listener.accept().await {
             Ok((client, _)) => client,
@@ -134,8 +149,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        accepted.fetch_add(1, Ordering::SeqCst);
-        let task = tokio::spawn(forward(client, target, silent.clone()));
+        let task = serve(client);
         let mut connections = connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         connections.retain(|c| !c.is_finished());
         connections.push(task.abort_handle());
