@@ -653,10 +653,13 @@ async fn attempt(
 }
 
 /// Resolves when the event loop has not been polled for longer than
-/// `keepalive` (returns for how long, in ms). Checked twice a second.
+/// `keepalive` (returns for how long, in ms). Checked eight times per
+/// keepalive (at most twice a second, at least every 5 s): a dead loop is
+/// found within 1.125 keepalives, and 1,000 idle links do not wake 6,000
+/// times a second for it.
 async fn watchdog(status: &ConnStatus, keepalive: Duration) -> u64 {
     let limit = keepalive.as_millis() as u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(check_every(keepalive));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -665,6 +668,12 @@ async fn watchdog(status: &ConnStatus, keepalive: Duration) -> u64 {
             return stuck;
         }
     }
+}
+
+/// How often to check a deadline of `limit`: an eighth of it, between half
+/// a second and 5 s (the watchdog's and the drain's ack check).
+pub(crate) fn check_every(limit: Duration) -> Duration {
+    (limit / 8).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 /// Polls until the connection fails (returns why) or `stop` (returns None).
@@ -963,6 +972,15 @@ mod tests {
     /// An ingest connection announces the full window to the broker but
     /// reserves outgoing slots only for its SUBSCRIBEs (rumqttc allocates one
     /// per slot at connect); a drain keeps its whole window.
+    /// Deadlines are checked often enough to be found within an eighth of
+    /// their length, never more than twice a second.
+    #[test]
+    fn deadlines_are_checked_an_eighth_of_their_length_apart_within_bounds() {
+        assert_eq!(check_every(Duration::from_secs(30)), Duration::from_millis(3750));
+        assert_eq!(check_every(Duration::from_secs(2)), Duration::from_millis(500));
+        assert_eq!(check_every(Duration::from_secs(600)), Duration::from_secs(5));
+    }
+
     #[test]
     fn ingest_reserves_outgoing_slots_only_for_its_subscriptions() {
         let ingest = spec(Role::Ingest, 3, 1000).options("127.0.0.1", 1883);

@@ -257,7 +257,7 @@ impl Drain {
         let mut progress_tick = tokio::time::interval(PROGRESS_EVERY);
         progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = Progress::default();
-        let mut ack_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut ack_tick = tokio::time::interval(super::connection::check_every(self.ack_timeout));
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One message at a time is retried (see `probing`): a short backoff costs
         // the destination at most 5 messages a second.
