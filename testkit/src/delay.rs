@@ -13,18 +13,16 @@
 //! the proxy passes the close on after the bytes already in flight.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::free_port;
-use crate::proxy::accept_each;
+use crate::proxy::{accept_each, listen_on_free_port, Connections};
 
 /// Chunks waiting in one direction before the reader stops reading.
 pub const CHUNKS_IN_FLIGHT: usize = 4096;
@@ -32,7 +30,7 @@ pub const CHUNKS_IN_FLIGHT: usize = 4096;
 pub struct DelayProxy {
     addr: SocketAddr,
     one_way: Duration,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    connections: Connections,
     accept_task: JoinHandle<()>,
 }
 
@@ -41,24 +39,15 @@ impl DelayProxy {
     /// `target`, each direction delayed by `one_way` (RTT = 2 × `one_way`).
     /// Must be called inside a tokio runtime, which then runs the proxy.
     pub async fn start(target: SocketAddr, one_way: Duration) -> DelayProxy {
-        let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            match TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(listener) => {
-                    let connections = Arc::new(Mutex::new(Vec::new()));
-                    let accept_task = tokio::spawn(accept_loop(listener, target, one_way, connections.clone()));
-                    return DelayProxy {
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                        one_way,
-                        connections,
-                        accept_task,
-                    };
-                }
-                Err(e) => last_error = e.to_string(),
-            }
+        let (listener, addr) = listen_on_free_port("DelayProxy").await;
+        let connections = Connections::default();
+        let accept_task = tokio::spawn(accept_loop(listener, target, one_way, connections.clone()));
+        DelayProxy {
+            addr,
+            one_way,
+            connections,
+            accept_task,
         }
-        panic!("DelayProxy: cannot listen on a free port: {last_error}");
     }
 
     /// Where clients connect: `127.0.0.1:<port>`.
@@ -77,10 +66,7 @@ impl DelayProxy {
 
     /// Closes every current connection at once (both sides see it close).
     pub fn kill_connections(&self) {
-        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for connection in connections.drain(..) {
-            connection.abort();
-        }
+        self.connections.kill_all();
     }
 }
 
@@ -91,12 +77,7 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
-    one_way: Duration,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
-) {
+async fn accept_loop(listener: TcpListener, target: SocketAddr, one_way: Duration, connections: Connections) {
     accept_each(listener, connections, |client| {
         tokio::spawn(forward(client, target, one_way))
     })

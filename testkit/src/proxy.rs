@@ -24,7 +24,7 @@ pub struct SilentProxy {
     addr: SocketAddr,
     target: SocketAddr,
     silent: watch::Sender<bool>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    connections: Connections,
     accepted: Arc<AtomicU64>,
     accept_task: JoinHandle<()>,
 }
@@ -32,36 +32,25 @@ pub struct SilentProxy {
 impl SilentProxy {
     /// Listens on a free loopback port and forwards every connection to `target`.
     pub async fn start(target: SocketAddr) -> SilentProxy {
-        let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let listener = match TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
-            };
-            let (silent, silent_rx) = watch::channel(false);
-            let connections = Arc::new(Mutex::new(Vec::new()));
-            let accepted = Arc::new(AtomicU64::new(0));
-            let accept_task = tokio::spawn(accept_loop(
-                listener,
-                target,
-                silent_rx,
-                connections.clone(),
-                accepted.clone(),
-            ));
-            return SilentProxy {
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                target,
-                silent,
-                connections,
-                accepted,
-                accept_task,
-            };
+        let (listener, addr) = listen_on_free_port("SilentProxy").await;
+        let (silent, silent_rx) = watch::channel(false);
+        let connections = Connections::default();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            target,
+            silent_rx,
+            connections.clone(),
+            accepted.clone(),
+        ));
+        SilentProxy {
+            addr,
+            target,
+            silent,
+            connections,
+            accepted,
+            accept_task,
         }
-        panic!("SilentProxy: cannot listen on a free port: {last_error}");
     }
 
     /// Where clients connect: `127.0.0.1:<port>`.
@@ -89,9 +78,7 @@ impl SilentProxy {
 
     /// Closes every current connection (both sides see the socket close).
     pub fn kill_connections(&self) {
-        for connection in self.lock_connections().drain(..) {
-            connection.abort();
-        }
+        self.connections.kill_all();
     }
 
     /// Connections accepted since the start.
@@ -101,13 +88,7 @@ impl SilentProxy {
 
     /// Connections currently open (or held).
     pub fn open_connections(&self) -> usize {
-        let mut connections = self.lock_connections();
-        connections.retain(|c| !c.is_finished());
-        connections.len()
-    }
-
-    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
-        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connections.open()
     }
 }
 
@@ -122,7 +103,7 @@ async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     silent: watch::Receiver<bool>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    connections: Connections,
     accepted: Arc<AtomicU64>,
 ) {
     accept_each(listener, connections, |client| {
@@ -132,12 +113,56 @@ async fn accept_loop(
     .await
 }
 
+/// Listens on a free loopback port (`who` names the proxy in the panic if
+/// none can be had): the start of [`SilentProxy`] and [`crate::DelayProxy`].
+pub(crate) async fn listen_on_free_port(who: &str) -> (TcpListener, SocketAddr) {
+    let mut last_error = String::new();
+    for _attempt in 0..5 {
+        let port = free_port();
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return (listener, SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    panic!("{who}: cannot listen on a free port: {last_error}");
+}
+
+/// The connections a proxy has accepted, so that it can close them all.
+#[derive(Clone, Default)]
+pub(crate) struct Connections(Arc<Mutex<Vec<AbortHandle>>>);
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, task: AbortHandle) {
+        let mut connections = self.lock();
+        connections.retain(|c| !c.is_finished());
+        connections.push(task);
+    }
+
+    /// Closes every current connection (both sides see the socket close).
+    pub(crate) fn kill_all(&self) {
+        for connection in self.lock().drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Connections currently open (or held).
+    pub(crate) fn open(&self) -> usize {
+        let mut connections = self.lock();
+        connections.retain(|c| !c.is_finished());
+        connections.len()
+    }
+}
+
 /// Accepts connections for ever, starting `serve` for each and keeping its
-/// task in `connections` (so that the proxy can close them all): the accept
-/// loop of [`SilentProxy`] and [`crate::DelayProxy`].
+/// task in `connections`: the accept loop of [`SilentProxy`] and
+/// [`crate::DelayProxy`].
 pub(crate) async fn accept_each(
     listener: TcpListener,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    connections: Connections,
     mut serve: impl FnMut(TcpStream) -> JoinHandle<()>,
 ) {
     loop {
@@ -149,10 +174,7 @@ pub(crate) async fn accept_each(
                 continue;
             }
         };
-        let task = serve(client);
-        let mut connections = connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        connections.retain(|c| !c.is_finished());
-        connections.push(task.abort_handle());
+        connections.push(serve(client).abort_handle());
     }
 }
 
