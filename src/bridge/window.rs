@@ -12,7 +12,9 @@
 //! time seen on the connection). A window that takes longer to turn over is
 //! larger than the bandwidth-delay product already: something else (the
 //! link's bandwidth, the broker) sets the rate, and more in flight would
-//! only wait in buffers. It then grows eightfold, up to [`MAX`] (the packet id space) and
+//! only wait in buffers. It then grows eightfold, or at once to the backlog
+//! waiting when that is more (each step costs a round trip with nothing in
+//! flight), up to [`MAX`] (the packet id space) and
 //! [`MAX_BYTES`] of messages in flight, and on MQTT 5 never beyond the
 //! broker's Receive Maximum. Every new connection starts again at
 //! `inflight`, and a window that grew goes back to `inflight` after
@@ -23,7 +25,8 @@
 //! ([`Control`]) to replace rumqttc's in-flight state by one of the new size
 //! ([`super::v311::EventLoop::resize`]); the connection answers with
 //! [`super::connection::ConnEvent::Window`]. That costs one round trip per
-//! step (100 -> 800 -> 6,400).
+//! step (100 -> 800 -> 6,400, or 100 -> 65,535 for a long backlog of small
+//! messages).
 //!
 //! `protocol = "auto"` on a drain whose MQTT 5 broker caps the window (its
 //! Receive Maximum: mosquitto announces `max_inflight_messages`, 20 by
@@ -44,7 +47,7 @@ use tokio::sync::Notify;
 /// The largest window: packet ids are 16 bits (0 is not one).
 pub const MAX: u16 = u16::MAX;
 
-/// How much a window-bound window grows per step: 100 -> 800 -> 6,400.
+/// How much a window-bound window grows at least per step: 100 -> 800 -> 6,400.
 const GROWTH: u64 = 8;
 
 /// Bytes of messages (topic + payload) a window may hold in flight before it
@@ -258,7 +261,9 @@ impl Sizer {
             }
         }
         let by_bytes = (MAX_BYTES / mean_bytes.max(1)).min(MAX as u64);
-        let wanted = (size * GROWTH).min(by_bytes).min(MAX as u64) as u16;
+        // Eightfold, or at once to what the backlog needs when that is more:
+        // each step costs a round trip with nothing in flight.
+        let wanted = (size * GROWTH).max(waiting).min(by_bytes).min(MAX as u64) as u16;
         if wanted <= self.size {
             return (Step::Keep, None);
         }
@@ -301,18 +306,40 @@ mod tests {
         // Not full: keep.
         assert_eq!(s.step(60, 1_000, 128, t0()).0, Step::Keep);
         // Full, a backlog, a window acknowledged: grow.
-        assert_eq!(s.step(100, 1_000, 128, t0()).0, Step::Ask(Request::Resize(800)));
+        assert_eq!(s.step(100, 500, 128, t0()).0, Step::Ask(Request::Resize(800)));
         assert!(s.pending());
-        assert_eq!(s.step(100, 1_000, 128, t0()).0, Step::Keep, "one request at a time");
+        assert_eq!(s.step(100, 500, 128, t0()).0, Step::Keep, "one request at a time");
         s.grown(800);
         s.acked(799);
         assert_eq!(
-            s.step(800, 10_000, 128, t0()).0,
+            s.step(800, 5_000, 128, t0()).0,
             Step::Keep,
             "a full window must be acknowledged first"
         );
         s.acked(1);
-        assert_eq!(s.step(800, 10_000, 128, t0()).0, Step::Ask(Request::Resize(6_400)));
+        assert_eq!(s.step(800, 5_000, 128, t0()).0, Step::Ask(Request::Resize(6_400)));
+    }
+
+    #[test]
+    fn a_long_backlog_grows_the_window_at_once_within_its_caps() {
+        let mut small = Sizer::new(100);
+        small.sending(t0());
+        small.round_trip(RTT);
+        small.acked(100);
+        assert_eq!(
+            small.step(100, 100_000, 128, t0()).0,
+            Step::Ask(Request::Resize(MAX)),
+            "100,000 waiting: no 800 and 6,400 steps on the way"
+        );
+        let mut big = Sizer::new(100);
+        big.sending(t0());
+        big.round_trip(RTT);
+        big.acked(100);
+        assert_eq!(
+            big.step(100, 100_000, 4_096, t0()).0,
+            Step::Ask(Request::Resize(8_192)),
+            "32 MiB in flight at most"
+        );
     }
 
     #[test]
@@ -323,20 +350,20 @@ mod tests {
         s.round_trip(RTT);
         s.acked(100);
         assert_eq!(
-            s.step(100, 1_000, 128, start + RTT * 3).0,
+            s.step(100, 500, 128, start + RTT * 3).0,
             Step::Keep,
             "larger than the bandwidth-delay product already"
         );
         s.acked(99);
         s.sending(start + RTT * 3);
         assert_eq!(
-            s.step(100, 1_000, 128, start + RTT * 4).0,
+            s.step(100, 500, 128, start + RTT * 4).0,
             Step::Keep,
             "a new round began"
         );
         s.acked(1);
         assert_eq!(
-            s.step(100, 1_000, 128, start + RTT * 4).0,
+            s.step(100, 500, 128, start + RTT * 4).0,
             Step::Ask(Request::Resize(800))
         );
     }
@@ -345,7 +372,7 @@ mod tests {
     fn never_beyond_the_receive_maximum_the_byte_budget_or_the_packet_ids() {
         let mut v5 = Sizer::up(Limits::new(100, Some(300), false));
         v5.acked(100);
-        assert_eq!(v5.step(100, 1_000, 128, t0()).0, Step::Ask(Request::Resize(300)));
+        assert_eq!(v5.step(100, 500, 128, t0()).0, Step::Ask(Request::Resize(300)));
         v5.grown(300);
         v5.acked(300);
         assert_eq!(v5.step(300, 1_000, 128, t0()).0, Step::Keep, "protocol 5 keeps the cap");
@@ -396,7 +423,7 @@ mod tests {
         let mut now = tokio::time::Instant::now();
         let mut s = Sizer::new(100);
         s.acked(100);
-        assert_eq!(s.step(100, 1_000, 128, now).0, Step::Ask(Request::Resize(800)));
+        assert_eq!(s.step(100, 500, 128, now).0, Step::Ask(Request::Resize(800)));
         s.grown(800);
         assert_eq!(s.step(0, 0, 128, now).0, Step::Keep);
         now += IDLE_SHRINK / 2;
