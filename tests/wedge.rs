@@ -98,7 +98,10 @@ async fn unthrottled_4k_burst_is_delivered_completely() {
         .lines()
         .filter(|l| l.contains("connection lost") && l.contains("role=\"ingest\""))
         .collect();
-    let refetched = log.lines().filter(|l| l.contains("reconnecting so that it resends")).count();
+    let refetched = log
+        .lines()
+        .filter(|l| l.contains("reconnecting so that it resends"))
+        .count();
     eprintln!("wedge burst: {refetched} reconnects to fetch deferred messages");
     assert!(lost.is_empty(), "hub connection lost: {lost:#?}");
 }

@@ -565,8 +565,23 @@ async fn attempt(
     };
     let max_packet_size = connack.as_ref().and_then(|p| p.max_packet_size);
     let receive_maximum = connack.as_ref().and_then(|p| p.receive_max);
-    // `auto` lifts the cap itself when a backlog waits (see `window`).
-    let auto_v5 = version == Version::V5 && spec.endpoint.protocol == Protocol::Auto;
+    // `auto` lifts the cap itself (see `window`): at once when it is below
+    // `inflight`, where every connection starts, else when a backlog waits.
+    let auto_v5 = version == Version::V5 && spec.endpoint.protocol == Protocol::Auto && choice.may_lift_cap();
+    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && auto_v5) {
+        if choice.speak_v311() {
+            tracing::info!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum ({rm}) is below inflight ({}): speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. A message with MQTT 5 properties moves this drain back to MQTT 5 for good; set protocol = \"5\" on this side to keep MQTT 5 and its cap", spec.inflight);
+            close(&client, &mut eventloop).await;
+            return Some(Failure {
+                event: "speaking MQTT 3.1.1",
+                error: None,
+                shown: format!("connection to {addr} closed to speak MQTT 3.1.1"),
+                up_for: None,
+                fail_back: false,
+                at_once: true,
+            });
+        }
+    }
     if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && !auto_v5) {
         tracing::warn!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum caps this MQTT 5 connection below inflight: at most that many messages per round trip; raise the broker's max_inflight_messages, or set protocol = \"3.1.1\" for this side if no message needs MQTT 5 properties");
     }
@@ -594,11 +609,14 @@ async fn attempt(
         client: client.clone(),
         max_packet_size,
         reset: reset.clone(),
-        window: window::Limits::new(
-            spec.inflight,
-            receive_maximum.filter(|_| version == Version::V5),
-            auto_v5,
-        ),
+        window: window::Limits {
+            may_speak_v5: version == Version::V311 && choice.may_speak_v5(),
+            ..window::Limits::new(
+                spec.inflight,
+                receive_maximum.filter(|_| version == Version::V5),
+                auto_v5,
+            )
+        },
     };
     if events.send(up).is_err() {
         return None;
@@ -607,7 +625,8 @@ async fn attempt(
     let mut intake = Intake::new(spec);
     let dead_after = spec.keepalive * 3 / 2;
     let mut fail_back = false;
-    let mut speak_v311 = false;
+    // The version the drain asked this connection to speak instead (`auto`).
+    let mut switch: Option<Version> = None;
     let reason = tokio::select! {
         _ = failover.first_answers() => {
             fail_back = true;
@@ -615,7 +634,7 @@ async fn attempt(
             tracing::info!(link, side, role, %addr, first = %first, "the first address answers again: moving back to it");
             Some(format!("moving back to the first address {first}"))
         }
-        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake, &mut speak_v311) => r,
+        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake, &mut switch) => r,
         _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
         stuck_ms = watchdog(status, spec.keepalive) => {
             counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
@@ -625,11 +644,17 @@ async fn attempt(
     };
     status.poll_ended();
     gauge!(m::CONNECTION_UP, &labels).set(0.0);
-    if speak_v311 && choice.speak_v311() {
+    let switched = match switch {
+        Some(Version::V311) => choice.speak_v311().then_some("MQTT 3.1.1"),
+        // Asked only where `choice` allows it; if not, a plain reconnect.
+        Some(Version::V5) => Some(if choice.speak_v5() { "MQTT 5" } else { "again" }),
+        None => None,
+    };
+    if let Some(speak) = switched {
         close(&client, &mut eventloop).await;
         return Some(Failure {
-            event: "speaking MQTT 3.1.1",
-            shown: format!("connection to {addr} closed to speak MQTT 3.1.1"),
+            event: "speaking another MQTT version",
+            shown: format!("connection to {addr} closed to speak {speak}"),
             error: reason,
             up_for: Some(connected_at.elapsed()),
             fail_back: false,
@@ -706,7 +731,7 @@ async fn drive(
     dead_after: Duration,
     status: &ConnStatus,
     intake: &mut Intake,
-    speak_v311: &mut bool,
+    switch: &mut Option<Version>,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let mut last_heard = Instant::now();
@@ -717,7 +742,7 @@ async fn drive(
             biased;
             _ = stop.cancelled() => return None,
             _ = window_asked(spec) => {
-                match window_request(spec, eventloop, events, epoch, speak_v311) {
+                match window_request(spec, eventloop, events, epoch, switch) {
                     Some(why) => return Some(why),
                     None => continue,
                 }
@@ -785,14 +810,14 @@ async fn window_asked(spec: &ConnectionSpec) {
 }
 
 /// Does what the drain asked, if anything, for this connection (`epoch`).
-/// A growth is answered at once, done or not; a switch to 3.1.1 returns
-/// why the connection ends (and sets `speak_v311`).
+/// A growth is answered at once, done or not; a switch of version returns
+/// why the connection ends (and sets `switch`).
 fn window_request(
     spec: &ConnectionSpec,
     eventloop: &mut EventLoop,
     events: &EventSender,
     epoch: u64,
-    speak_v311: &mut bool,
+    switch: &mut Option<Version>,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     match spec.window.as_ref()?.take(epoch)? {
@@ -807,10 +832,15 @@ fn window_request(
         }
         window::Request::SpeakV311 { receive_maximum } => {
             tracing::info!(link, side, role, receive_maximum, "the broker's Receive Maximum caps this MQTT 5 drain at {receive_maximum} messages per round trip while a backlog waits: speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. MQTT 3.1.1 does not carry MQTT 5 message properties (a message sent without them is counted in ferry_v5_properties_dropped_total); set protocol = \"5\" on this side to keep MQTT 5 and its cap");
-            *speak_v311 = true;
+            *switch = Some(Version::V311);
             Some(format!(
                 "the broker's Receive Maximum ({receive_maximum}) capped the drain: speaking MQTT 3.1.1"
             ))
+        }
+        window::Request::SpeakV5 => {
+            tracing::info!(link, side, role, "a message carries MQTT 5 properties: moving this drain back to MQTT 5 for good (protocol = \"auto\"), with the broker's Receive Maximum as its cap");
+            *switch = Some(Version::V5);
+            Some("a message needs MQTT 5 properties: speaking MQTT 5".to_string())
         }
     }
 }

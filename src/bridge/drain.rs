@@ -598,11 +598,22 @@ impl Drain {
             }
             let got = entries.len();
             let mut expired = Vec::new();
-            let mut paced = false;
+            // Stopped before an entry (paced, or a switch to MQTT 5): read it again later.
+            let mut stopped = false;
             for Entry { seq, record } in entries {
+                // Its MQTT 5 properties would be lost on this 3.1.1 connection,
+                // which `auto` chose for a cap: back to MQTT 5 once the window
+                // is empty; this entry and the rest are read again then.
+                if client.is_v311() && w.sizer.limits().may_speak_v5 && has_v5_properties(&record) {
+                    if let Some(request) = w.sizer.needs_v5() {
+                        w.want = Some(request);
+                    }
+                    stopped = true;
+                    break;
+                }
                 // Paced: this entry and the rest are read again when the bucket allows.
                 if !self.pace.try_take((record.topic.len() + record.payload.len()) as u64) {
-                    paced = true;
+                    stopped = true;
                     break;
                 }
                 w.cursor = seq + 1;
@@ -655,7 +666,7 @@ impl Drain {
                 let queue = self.queue.clone();
                 let _ = tokio::task::spawn_blocking(move || queue.drop_entries(&expired, DropReason::Expired)).await;
             }
-            if got < want || paced {
+            if got < want || stopped {
                 return;
             }
         }

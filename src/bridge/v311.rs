@@ -57,11 +57,18 @@ impl Version {
 /// connection until a 3.1.1 attempt fails to connect for another reason;
 /// then v5 is tried first again (the broker may have been upgraded).
 /// A drain that `auto` moved to 3.1.1 because the broker's Receive Maximum
-/// capped it ([`Choice::speak_v311`]) keeps 3.1.1 the same way.
+/// capped it ([`Choice::speak_v311`]) keeps 3.1.1 the same way, until a
+/// message with MQTT 5 properties comes up: then it moves back to MQTT 5
+/// ([`Choice::speak_v5`]) and stays there (for the life of the link task).
 #[derive(Debug, Clone, Copy)]
 pub struct Choice {
     configured: Protocol,
     fell_back: bool,
+    /// The fallback is `auto`'s answer to a Receive Maximum cap (not a
+    /// broker that refuses v5): MQTT 5 remains possible.
+    capped: bool,
+    /// A message needed MQTT 5 properties: no more switching to 3.1.1.
+    needs_v5: bool,
 }
 
 impl Choice {
@@ -69,6 +76,8 @@ impl Choice {
         Choice {
             configured,
             fell_back: false,
+            capped: false,
+            needs_v5: false,
         }
     }
 
@@ -86,24 +95,51 @@ impl Choice {
     pub fn v5_refused(&mut self) -> bool {
         if self.configured == Protocol::Auto && !self.fell_back {
             self.fell_back = true;
+            self.capped = false;
             return true;
         }
         false
     }
 
+    /// Whether `auto` may move this connection to 3.1.1 to lift a Receive
+    /// Maximum cap: no message has needed MQTT 5 properties.
+    pub fn may_lift_cap(&self) -> bool {
+        self.configured == Protocol::Auto && !self.needs_v5
+    }
+
     /// `auto`: the next attempts speak 3.1.1 (a drain capped by the broker's
     /// Receive Maximum, see [`super::window`]). Whether `auto` allows it.
     pub fn speak_v311(&mut self) -> bool {
-        if self.configured != Protocol::Auto {
+        if !self.may_lift_cap() {
             return false;
         }
         self.fell_back = true;
+        self.capped = true;
+        true
+    }
+
+    /// This 3.1.1 connection is `auto`'s answer to a cap, so a message
+    /// with MQTT 5 properties may move it back to MQTT 5.
+    pub fn may_speak_v5(&self) -> bool {
+        self.configured == Protocol::Auto && self.fell_back && self.capped
+    }
+
+    /// A message needs MQTT 5 properties: the next attempts speak MQTT 5,
+    /// for good. Whether this connection may (see [`Choice::may_speak_v5`]).
+    pub fn speak_v5(&mut self) -> bool {
+        if !self.may_speak_v5() {
+            return false;
+        }
+        self.fell_back = false;
+        self.capped = false;
+        self.needs_v5 = true;
         true
     }
 
     /// An attempt failed to connect for another reason.
     pub fn failed(&mut self) {
         self.fell_back = false;
+        self.capped = false;
     }
 }
 
@@ -426,6 +462,32 @@ pub fn v5_event(event: rumqttc::Event) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_lifts_a_cap_with_3_1_1_until_a_message_needs_mqtt_5() {
+        let mut c = Choice::new(Protocol::Auto);
+        assert_eq!(c.next(), Version::V5);
+        assert!(c.may_lift_cap() && !c.may_speak_v5());
+        assert!(c.speak_v311());
+        assert_eq!(c.next(), Version::V311);
+        assert!(c.may_speak_v5(), "a cap's 3.1.1 may go back to MQTT 5");
+        assert!(c.speak_v5());
+        assert_eq!(c.next(), Version::V5);
+        assert!(!c.may_lift_cap() && !c.speak_v311(), "MQTT 5 for good");
+        c.failed();
+        assert!(!c.speak_v311(), "also after a failed attempt");
+
+        // A broker that refuses v5 gives 3.1.1 that cannot go back.
+        let mut refused = Choice::new(Protocol::Auto);
+        assert!(refused.v5_refused());
+        assert!(!refused.may_speak_v5() && !refused.speak_v5());
+        assert_eq!(refused.next(), Version::V311);
+        // Configured versions never switch.
+        let mut five = Choice::new(Protocol::V5);
+        assert!(!five.speak_v311() && !five.may_lift_cap());
+        let mut three = Choice::new(Protocol::V311);
+        assert!(!three.speak_v5());
+    }
 
     #[test]
     fn a_3_1_1_publish_becomes_a_v5_publish_without_properties() {

@@ -30,13 +30,16 @@
 //!
 //! `protocol = "auto"` on a drain whose MQTT 5 broker caps the window (its
 //! Receive Maximum: mosquitto announces `max_inflight_messages`, 20 by
-//! default) goes one step further when it would grow past that cap: if no
-//! message sent on the connection carried MQTT 5 properties, the drain
-//! finishes what is in flight and its connection is made again over MQTT
-//! 3.1.1, which has no Receive Maximum. It is logged (why, and that
-//! `protocol = "5"` keeps v5), the status and the state topic show 3.1.1,
-//! and messages with v5 properties sent later over 3.1.1 are counted in
-//! `ferry_v5_properties_dropped_total`. A connection that fails to connect
+//! default) lifts the cap with MQTT 3.1.1, which has no Receive Maximum:
+//! at connect when the cap is below `inflight` (the connection closes before
+//! the drain sees it), or when the window would grow past it and no message
+//! sent on the connection carried MQTT 5 properties (the drain finishes
+//! what is in flight first). It is logged (why, and that `protocol = "5"`
+//! keeps v5), the status and the state topic show 3.1.1. On such a 3.1.1
+//! connection a message with MQTT 5 properties is not sent without them:
+//! the drain stops before it, lets the window empty and asks for MQTT 5
+//! again ([`Request::SpeakV5`]), which that connection then keeps. A
+//! connection that fails to connect
 //! tries MQTT 5 first again ([`super::v311::Choice`]).
 
 use std::sync::{Arc, Mutex};
@@ -65,6 +68,9 @@ pub enum Request {
     Resize(u16),
     /// Close, and connect again over MQTT 3.1.1 (`protocol = "auto"`).
     SpeakV311 { receive_maximum: u16 },
+    /// Close, and connect again over MQTT 5, for good: a message needs its
+    /// MQTT 5 properties (`protocol = "auto"` on a 3.1.1 it chose for a cap).
+    SpeakV5,
 }
 
 /// The drain's requests to its connection: at most one waiting, for the
@@ -119,6 +125,9 @@ pub struct Limits {
     pub may_speak_v311: bool,
     /// The broker's Receive Maximum (v5), for the log.
     pub receive_maximum: Option<u16>,
+    /// This 3.1.1 connection is `auto`'s answer to a Receive Maximum cap:
+    /// a message with MQTT 5 properties moves the drain back to MQTT 5.
+    pub may_speak_v5: bool,
 }
 
 impl Limits {
@@ -131,6 +140,7 @@ impl Limits {
             ceiling: rm.max(1),
             may_speak_v311: auto_v5 && rm < MAX,
             receive_maximum,
+            may_speak_v5: false,
         }
     }
 }
@@ -220,6 +230,17 @@ impl Sizer {
 
     pub fn sent_properties(&mut self) {
         self.properties_sent = true;
+    }
+
+    /// A message with MQTT 5 properties is next, on a 3.1.1 connection
+    /// `auto` chose for a cap: the request to make once the window is
+    /// empty (None when this connection may not, or already asked).
+    pub fn needs_v5(&mut self) -> Option<Request> {
+        if !self.limits.may_speak_v5 || self.pending {
+            return None;
+        }
+        self.pending = true;
+        Some(Request::SpeakV5)
     }
 
     /// The connection grew the window to `size`.
