@@ -499,6 +499,21 @@ struct Failure {
     at_once: bool,
 }
 
+impl Failure {
+    /// Closed on purpose to connect again at once: another MQTT version, or
+    /// to fetch what a broker beyond the Receive Maximum left unacknowledged.
+    fn at_once(event: &'static str, shown: String, error: Option<String>, up_for: Option<Duration>) -> Failure {
+        Failure {
+            event,
+            error,
+            shown,
+            up_for,
+            fail_back: false,
+            at_once: true,
+        }
+    }
+}
+
 /// One connection: connect, subscribe when the session is new, then hand
 /// events to the owner. Returns why it failed, or None when stopped (or
 /// the owner went away). A broker refusing MQTT 5 is tried again at once
@@ -572,14 +587,12 @@ async fn attempt(
         if choice.speak_v311() {
             tracing::info!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum ({rm}) is below inflight ({}): speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. A message with MQTT 5 properties moves this drain back to MQTT 5 for good; set protocol = \"5\" on this side to keep MQTT 5 and its cap", spec.inflight);
             close(&client, &mut eventloop).await;
-            return Some(Failure {
-                event: "speaking MQTT 3.1.1",
-                error: None,
-                shown: format!("connection to {addr} closed to speak MQTT 3.1.1"),
-                up_for: None,
-                fail_back: false,
-                at_once: true,
-            });
+            return Some(Failure::at_once(
+                "speaking MQTT 3.1.1",
+                format!("connection to {addr} closed to speak MQTT 3.1.1"),
+                None,
+                None,
+            ));
         }
     }
     if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && !auto_v5) {
@@ -652,14 +665,12 @@ async fn attempt(
     };
     if let Some(speak) = switched {
         close(&client, &mut eventloop).await;
-        return Some(Failure {
-            event: "speaking another MQTT version",
-            shown: format!("connection to {addr} closed to speak {speak}"),
-            error: reason,
-            up_for: Some(connected_at.elapsed()),
-            fail_back: false,
-            at_once: true,
-        });
+        return Some(Failure::at_once(
+            "speaking another MQTT version",
+            format!("connection to {addr} closed to speak {speak}"),
+            reason,
+            Some(connected_at.elapsed()),
+        ));
     }
     if let Some(why) = intake.reconnect_due().filter(|_| !fail_back) {
         // Closed on purpose, the broker is healthy: the acks queued are
@@ -669,14 +680,12 @@ async fn attempt(
         // 4 KiB, unthrottled): the link stood still meanwhile.
         close(&client, &mut eventloop).await;
         tracing::info!(link, side, role, %addr, "{why}");
-        return Some(Failure {
-            event: "reconnecting to fetch deferred messages",
-            shown: format!("connection to {addr} made again: {why}"),
-            error: reason,
-            up_for: Some(connected_at.elapsed()),
-            fail_back: false,
-            at_once: true,
-        });
+        return Some(Failure::at_once(
+            "reconnecting to fetch deferred messages",
+            format!("connection to {addr} made again: {why}"),
+            reason,
+            Some(connected_at.elapsed()),
+        ));
     }
     let Some(reason) = reason else {
         // Stopped on purpose: flush what the owner queued, then close.
