@@ -82,6 +82,15 @@ pub struct Drain {
 /// from the first to the second, reset when a message is accepted.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(200);
+/// The most entries `fill` reads from the queue at once. Reads and removals
+/// run on the drain's task rather than through `spawn_blocking`: sled
+/// answers them from its page cache (a page read from disk when it is not
+/// cached, rarely per entry: a page holds many batches), and the two thread
+/// hand-offs per call cost more than the work. Measured at the defaults
+/// profile, 128 B: ferry's CPU 23-24 -> 16.5-18.5 s per million messages,
+/// 4 KiB: 73-95 -> 71. A chunk of 1,024 bounds how long one drain holds a
+/// runtime thread between two awaits (about a millisecond at 4 KiB).
+const READ_CHUNK: usize = 1_024;
 /// A backlog at least this long gets progress lines while it drains.
 const PROGRESS_MIN_BACKLOG: u64 = 10_000;
 /// How often a draining backlog logs its progress.
@@ -530,20 +539,16 @@ impl Drain {
             latency.record(now.saturating_sub(s.received_at_ms) as f64 / 1000.0);
         }
         let seqs: Vec<u64> = delivered.iter().map(|s| s.seq).collect();
-        let queue = self.queue.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            queue.ack(&seqs)?;
-            queue.drop_entries(&rejected, DropReason::Rejected)?;
-            queue.drop_entries(&too_large, DropReason::TooLarge)
-        })
-        .await;
-        match result {
-            Ok(Ok(_)) => {}
+        // On this task, not `spawn_blocking` (see `READ_CHUNK`): sled's
+        // removals are in memory until a flush, which stays off the runtime.
+        let result = self
+            .queue
+            .ack(&seqs)
+            .and_then(|_| self.queue.drop_entries(&rejected, DropReason::Rejected))
+            .and_then(|_| self.queue.drop_entries(&too_large, DropReason::TooLarge));
+        if let Err(e) = result {
             // Not removed: they are sent again after the next reconnect.
-            Ok(Err(e)) => {
-                tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot remove delivered entries; they will be sent again")
-            }
-            Err(e) => tracing::error!(link = %self.link, direction = %self.direction, error = %e, "store task failed"),
+            tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot remove delivered entries; they will be sent again")
         }
         self.flush_removals(w).await;
     }
@@ -579,17 +584,13 @@ impl Drain {
     async fn fill(&mut self, w: &mut Window) {
         while w.outstanding() < self.window_now(w) && w.retry_at.is_none() {
             let Some((_, client)) = w.client.clone() else { return };
-            let want = (self.window_now(w) - w.outstanding()).min(self.pace.allowance());
-            let queue = self.queue.clone();
-            let cursor = w.cursor;
-            let entries = match tokio::task::spawn_blocking(move || queue.read(cursor, want)).await {
-                Ok(Ok(entries)) => entries,
-                Ok(Err(e)) => {
-                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot read the queue");
-                    return;
-                }
+            let want = (self.window_now(w) - w.outstanding())
+                .min(self.pace.allowance())
+                .min(READ_CHUNK);
+            let entries = match self.queue.read(w.cursor, want) {
+                Ok(entries) => entries,
                 Err(e) => {
-                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "store task failed");
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot read the queue");
                     return;
                 }
             };
@@ -669,6 +670,9 @@ impl Drain {
             if got < want || stopped {
                 return;
             }
+            // A window of thousands is read a chunk at a time: let the
+            // runtime's other tasks (other links) run between chunks.
+            tokio::task::yield_now().await;
         }
     }
 
