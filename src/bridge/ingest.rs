@@ -38,6 +38,11 @@ use crate::store::{Properties, Queue, Record, Store};
 use super::connection::{ConnEvent, EventReceiver};
 use super::v311::Client;
 
+/// A batch up to this size is appended on the ingest task; a larger one
+/// through `spawn_blocking`, so that one link's burst does not hold a
+/// runtime thread.
+const INLINE_APPEND_BYTES: usize = 256 * 1024;
+
 /// A received message on its way to disk.
 struct Pending {
     epoch: u64,
@@ -257,7 +262,12 @@ impl Ingest {
         if first_unstored < st.held.len() {
             let queue = self.queue.clone();
             let n = batch.len();
-            let result = tokio::task::spawn_blocking(move || queue.append(&batch)).await;
+            let bytes: usize = batch.iter().map(|r| r.payload.len() + r.topic.len()).sum();
+            let result = if bytes <= INLINE_APPEND_BYTES {
+                Ok(queue.append(&batch))
+            } else {
+                tokio::task::spawn_blocking(move || queue.append(&batch)).await
+            };
             match result {
                 Ok(Ok(outcome)) => {
                     // `refused` records at the tail were not stored (block).
