@@ -840,7 +840,7 @@ fn window_request(
             None
         }
         window::Request::SpeakV311 { receive_maximum } => {
-            tracing::info!(link, side, role, receive_maximum, "the broker's Receive Maximum caps this MQTT 5 drain at {receive_maximum} messages per round trip while a backlog waits: speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. MQTT 3.1.1 does not carry MQTT 5 message properties (a message sent without them is counted in ferry_v5_properties_dropped_total); set protocol = \"5\" on this side to keep MQTT 5 and its cap");
+            tracing::info!(link, side, role, receive_maximum, "the broker's Receive Maximum caps this MQTT 5 drain at {receive_maximum} messages per round trip while a backlog waits: speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. MQTT 3.1.1 does not carry MQTT 5 message properties: a message with them moves this drain back to MQTT 5 for good; set protocol = \"5\" on this side to keep MQTT 5 and its cap");
             *switch = Some(Version::V311);
             Some(format!(
                 "the broker's Receive Maximum ({receive_maximum}) capped the drain: speaking MQTT 3.1.1"
