@@ -448,17 +448,18 @@ pub async fn run(spec: ConnectionSpec, events: EventSender, stop: CancellationTo
     while !stop.is_cancelled() {
         epoch += 1;
         let addr = failover.current_addr();
-        let Some(failure) = attempt(&spec, &failover, epoch, &events, &stop, &status, &mut choice).await else {
-            return;
-        };
-        if failure.at_once {
-            // Closed on purpose to connect again at once (`auto` -> 3.1.1,
-            // or to fetch what a broker beyond the Receive Maximum sent).
-            if events.send(ConnEvent::Down { epoch }).is_err() {
-                return;
+        let failure = match attempt(&spec, &failover, epoch, &events, &stop, &status, &mut choice).await {
+            None => return,
+            Some(Ended::Failed(failure)) => failure,
+            Some(Ended::Again) => {
+                // Closed on purpose to connect again at once (`auto` -> 3.1.1,
+                // or to fetch what a broker beyond the Receive Maximum sent).
+                if events.send(ConnEvent::Down { epoch }).is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
-        }
+        };
         if failure.fail_back {
             failover.fail_back();
         } else if failure.up_for.is_none() {
@@ -495,27 +496,20 @@ struct Failure {
     up_for: Option<Duration>,
     /// Closed because the first address answers again (failback).
     fail_back: bool,
-    /// Closed on purpose to connect again at once (no backoff, no warning).
-    at_once: bool,
 }
 
-impl Failure {
-    /// Closed on purpose to connect again at once: another MQTT version, or
-    /// to fetch what a broker beyond the Receive Maximum left unacknowledged.
-    fn at_once(event: &'static str, shown: String, error: Option<String>, up_for: Option<Duration>) -> Failure {
-        Failure {
-            event,
-            error,
-            shown,
-            up_for,
-            fail_back: false,
-            at_once: true,
-        }
-    }
+/// How a connection attempt ended, when it was not stopped on purpose.
+enum Ended {
+    /// Failed: retried after the backoff.
+    Failed(Failure),
+    /// Closed on purpose to connect again at once, without backoff or
+    /// warning (logged where it was decided): another MQTT version, or to
+    /// fetch what a broker beyond the Receive Maximum left unacknowledged.
+    Again,
 }
 
 /// One connection: connect, subscribe when the session is new, then hand
-/// events to the owner. Returns why it failed, or None when stopped (or
+/// events to the owner. Returns how it ended, or None when stopped (or
 /// the owner went away). A broker refusing MQTT 5 is tried again at once
 /// with 3.1.1 when `choice` allows it (`protocol = "auto"`).
 async fn attempt(
@@ -526,19 +520,18 @@ async fn attempt(
     stop: &CancellationToken,
     status: &ConnStatus,
     choice: &mut Choice,
-) -> Option<Failure> {
+) -> Option<Ended> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let addr = failover.current_addr();
     let (host, port, address_index) = failover.current();
     let never_up = |event, error: Option<String>, shown| {
-        Some(Failure {
+        Some(Ended::Failed(Failure {
             event,
             error,
             shown,
             up_for: None,
             fail_back: false,
-            at_once: false,
-        })
+        }))
     };
     let (version, client, mut eventloop, session_present, connack) = loop {
         let version = choice.next();
@@ -583,19 +576,13 @@ async fn attempt(
     // `auto` lifts the cap itself (see `window`): at once when it is below
     // `inflight`, where every connection starts, else when a backlog waits.
     let auto_v5 = version == Version::V5 && spec.endpoint.protocol == Protocol::Auto && choice.may_lift_cap();
-    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && auto_v5) {
-        if choice.speak_v311() {
+    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight) {
+        // `auto_v5` implies `choice.may_lift_cap()`: the switch is made.
+        if auto_v5 && choice.speak_v311() {
             tracing::info!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum ({rm}) is below inflight ({}): speaking MQTT 3.1.1 on it (protocol = \"auto\"), which has no such cap. A message with MQTT 5 properties moves this drain back to MQTT 5 for good; set protocol = \"5\" on this side to keep MQTT 5 and its cap", spec.inflight);
             close(&client, &mut eventloop).await;
-            return Some(Failure::at_once(
-                "speaking MQTT 3.1.1",
-                format!("connection to {addr} closed to speak MQTT 3.1.1"),
-                None,
-                None,
-            ));
+            return Some(Ended::Again);
         }
-    }
-    if let Some(rm) = receive_maximum.filter(|rm| spec.role == Role::Drain && *rm < spec.inflight && !auto_v5) {
         tracing::warn!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum caps this MQTT 5 connection below inflight: at most that many messages per round trip; raise the broker's max_inflight_messages, or set protocol = \"3.1.1\" for this side if no message needs MQTT 5 properties");
     }
     if !session_present {
@@ -658,19 +645,17 @@ async fn attempt(
     status.poll_ended();
     gauge!(m::CONNECTION_UP, &labels).set(0.0);
     let switched = match switch {
-        Some(Version::V311) => choice.speak_v311().then_some("MQTT 3.1.1"),
+        Some(Version::V311) => choice.speak_v311(),
         // Asked only where `choice` allows it; if not, a plain reconnect.
-        Some(Version::V5) => Some(if choice.speak_v5() { "MQTT 5" } else { "again" }),
-        None => None,
+        Some(Version::V5) => {
+            choice.speak_v5();
+            true
+        }
+        None => false,
     };
-    if let Some(speak) = switched {
+    if switched {
         close(&client, &mut eventloop).await;
-        return Some(Failure::at_once(
-            "speaking another MQTT version",
-            format!("connection to {addr} closed to speak {speak}"),
-            reason,
-            Some(connected_at.elapsed()),
-        ));
+        return Some(Ended::Again);
     }
     if let Some(why) = intake.reconnect_due().filter(|_| !fail_back) {
         // Closed on purpose, the broker is healthy: the acks queued are
@@ -680,12 +665,7 @@ async fn attempt(
         // 4 KiB, unthrottled): the link stood still meanwhile.
         close(&client, &mut eventloop).await;
         tracing::info!(link, side, role, %addr, "{why}");
-        return Some(Failure::at_once(
-            "reconnecting to fetch deferred messages",
-            format!("connection to {addr} made again: {why}"),
-            reason,
-            Some(connected_at.elapsed()),
-        ));
+        return Some(Ended::Again);
     }
     let Some(reason) = reason else {
         // Stopped on purpose: flush what the owner queued, then close.
@@ -694,14 +674,13 @@ async fn attempt(
         let _ = events.send(ConnEvent::Down { epoch });
         return None;
     };
-    Some(Failure {
+    Some(Ended::Failed(Failure {
         event: "connection lost",
         shown: format!("connection to {addr} lost: {reason}"),
         error: Some(reason),
         up_for: Some(connected_at.elapsed()),
         fail_back,
-        at_once: false,
-    })
+    }))
 }
 
 /// Resolves when the event loop has not been polled for longer than
