@@ -602,10 +602,11 @@ impl Drain {
             // Stopped before an entry (paced, or a switch to MQTT 5): read it again later.
             let mut stopped = false;
             for Entry { seq, record } in entries {
+                let carries_v5 = has_v5_properties(&record);
                 // Its MQTT 5 properties would be lost on this 3.1.1 connection,
                 // which `auto` chose for a cap: back to MQTT 5 once the window
                 // is empty; this entry and the rest are read again then.
-                if client.is_v311() && w.sizer.limits().may_speak_v5 && has_v5_properties(&record) {
+                if carries_v5 && client.is_v311() && w.sizer.limits().may_speak_v5 {
                     if let Some(request) = w.sizer.needs_v5() {
                         w.want = Some(request);
                     }
@@ -627,7 +628,7 @@ impl Drain {
                     counter!(m::REDELIVERED, "link" => self.link.clone(), "direction" => self.direction.as_str())
                         .increment(1);
                 }
-                if has_v5_properties(&record) {
+                if carries_v5 {
                     if client.is_v311() {
                         counter!(m::V5_PROPERTIES_DROPPED, "link" => self.link.clone(), "direction" => self.direction.as_str()).increment(1);
                     } else {
@@ -664,8 +665,10 @@ impl Drain {
                 }
             }
             if !expired.is_empty() {
-                let queue = self.queue.clone();
-                let _ = tokio::task::spawn_blocking(move || queue.drop_entries(&expired, DropReason::Expired)).await;
+                // On this task, like the removals in `settle`.
+                if let Err(e) = self.queue.drop_entries(&expired, DropReason::Expired) {
+                    tracing::error!(link = %self.link, direction = %self.direction, error = %e, "cannot drop expired entries");
+                }
             }
             if got < want || stopped {
                 return;
