@@ -36,14 +36,14 @@
 //! it kept is acknowledged it reconnects, so the broker sends the rest again,
 //! in order.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, Publish, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+    Filter, Packet, Publish, RetainForwardRule, SubscribeProperties, SubscribeReasonCode, UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, MqttOptions};
@@ -58,6 +58,7 @@ use crate::metrics as m;
 use crate::metrics::now_ms;
 use crate::names::{Direction, Protocol, Role, Side};
 use crate::secret::Secret;
+use crate::store::Subscribed;
 
 use super::v311::{self, Choice, Client, EventLoop, Version};
 use super::window;
@@ -224,12 +225,111 @@ pub struct Endpoint {
 }
 
 /// One subscription of an ingest connection. `id` is the MQTT v5
-/// subscription identifier, which tells ingest which route a message is for.
+/// subscription identifier, stable for its filter (`store::sessions`), which
+/// tells ingest which routes a message is for.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub filter: String,
     pub qos: QoS,
-    pub id: usize,
+    pub id: Option<usize>,
+}
+
+/// Where an ingest connection keeps what its persistent session subscribed.
+#[derive(Clone)]
+pub struct Book {
+    pub store: crate::store::Store,
+    pub client_id: String,
+}
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Book").field("client_id", &self.client_id).finish()
+    }
+}
+
+/// What one connect sends so that the session holds exactly the
+/// subscriptions of the config: the filters missing (or held with another
+/// identifier or QoS), and the filters no route reads any more. A filter
+/// that stays is not subscribed again: that would resend its retained
+/// messages.
+#[derive(Debug, Default)]
+pub struct SubscriptionPlan {
+    pub subscribe: Vec<Subscription>,
+    pub unsubscribe: Vec<String>,
+    /// What the session holds before the plan is carried out.
+    pub held: BTreeMap<String, Subscribed>,
+}
+
+impl SubscriptionPlan {
+    /// The plan for `wanted`, given what a resumed session `held` (empty
+    /// for a new session).
+    pub fn new(wanted: &[Subscription], held: BTreeMap<String, Subscribed>) -> SubscriptionPlan {
+        let subscribe = wanted
+            .iter()
+            .filter(|s| held.get(&s.filter) != Some(&subscribed(s)))
+            .cloned()
+            .collect();
+        let unsubscribe = held
+            .keys()
+            .filter(|f| !wanted.iter().any(|s| &s.filter == *f))
+            .cloned()
+            .collect();
+        SubscriptionPlan {
+            subscribe,
+            unsubscribe,
+            held,
+        }
+    }
+}
+
+fn subscribed(s: &Subscription) -> Subscribed {
+    Subscribed {
+        id: s.id.unwrap_or(0) as u32,
+        qos: if s.qos == QoS::AtMostOnce { 0 } else { 1 },
+    }
+}
+
+/// The SUBSCRIBEs and UNSUBSCRIBEs of a plan on their way: each confirmed
+/// one is written to the session's book at once.
+struct PlanInFlight {
+    book: Book,
+    held: BTreeMap<String, Subscribed>,
+    /// Requests queued to rumqttc, in order, not yet written.
+    queued: VecDeque<Change>,
+    /// Written, by packet id, waiting for the broker's answer.
+    sent: HashMap<u16, Change>,
+}
+
+enum Change {
+    Subscribe(String, Subscribed),
+    Unsubscribe(String),
+}
+
+impl PlanInFlight {
+    fn written(&mut self, pkid: u16) {
+        // A packet id reused before its answer: the older change is simply
+        // not recorded, and sent again at the next connect.
+        if let Some(change) = self.queued.pop_front() {
+            self.sent.insert(pkid, change);
+        }
+    }
+
+    /// The broker answered `pkid`: `ok` says whether it did what was asked.
+    fn answered(&mut self, pkid: u16, ok: bool, link: &str) {
+        let Some(change) = self.sent.remove(&pkid) else {
+            return;
+        };
+        if !ok {
+            return;
+        }
+        match change {
+            Change::Subscribe(filter, sub) => self.held.insert(filter, sub),
+            Change::Unsubscribe(filter) => self.held.remove(&filter),
+        };
+        if let Err(e) = self.book.store.set_subscribed(&self.book.client_id, self.held.clone()) {
+            tracing::error!(link, error = %e, "cannot record the session's subscriptions; they are sent again at the next connect");
+        }
+    }
 }
 
 /// Everything needed to run one connection.
@@ -247,6 +347,9 @@ pub struct ConnectionSpec {
     pub inflight: u16,
     pub max_packet_bytes: u32,
     pub subscriptions: Vec<Subscription>,
+    /// Where an ingest connection keeps what its session subscribed; None:
+    /// subscribe everything on a new session only.
+    pub book: Option<Book>,
     /// What the broker publishes when the connection dies without a DISCONNECT.
     pub will: Option<rumqttc::v5::mqttbytes::v5::LastWill>,
     /// A drain's requests about its window ([`window`]); None for others.
@@ -353,12 +456,13 @@ impl ConnectionSpec {
     /// How many of its own QoS 1/2 packets the connection may have
     /// unacknowledged: the window for a drain (and the state connection,
     /// which sets its own small `inflight`). An ingest connection publishes
-    /// nothing; its only acknowledged requests are the SUBSCRIBEs, one per
-    /// route, so that many packet ids suffice. What it *receives* is bounded
+    /// nothing; its only acknowledged requests are its SUBSCRIBEs and
+    /// UNSUBSCRIBEs, one per filter. What it *receives* is bounded
     /// by the Receive Maximum it announces, `inflight`, not by this.
     pub fn outgoing_inflight(&self) -> u16 {
         match self.role {
-            Role::Ingest => u16::try_from(self.subscriptions.len())
+            // Room for an UNSUBSCRIBE per filter dropped from the config too.
+            Role::Ingest => u16::try_from(2 * self.subscriptions.len() + 16)
                 .unwrap_or(u16::MAX)
                 .clamp(1, self.inflight.max(1)),
             _ => self.inflight,
@@ -585,16 +689,43 @@ async fn attempt(
         }
         tracing::warn!(link, side, role, %addr, receive_maximum = rm, inflight = spec.inflight, "the broker's Receive Maximum caps this MQTT 5 connection below inflight: at most that many messages per round trip; raise the broker's max_inflight_messages, or set protocol = \"3.1.1\" for this side if no message needs MQTT 5 properties");
     }
-    if !session_present {
-        // Subscribing again on a resumed session would make the broker
-        // resend every retained message: a storm on each reconnect.
-        if let Err(e) = subscribe(&client, &spec.subscriptions).await {
-            return never_up(
-                "cannot subscribe",
-                Some(e.to_string()),
-                format!("cannot subscribe on {addr}: {e}"),
-            );
-        }
+    let held = match (&spec.book, session_present) {
+        (Some(book), true) => match book.store.session_book(&book.client_id) {
+            Ok(b) => b.subscribed,
+            Err(e) => {
+                tracing::error!(link, side, role, error = %e, "cannot read what the session subscribed; subscribing every filter again");
+                BTreeMap::new()
+            }
+        },
+        _ => BTreeMap::new(),
+    };
+    let plan = match (&spec.book, session_present) {
+        // Without a book, a resumed session is taken to hold what it needs.
+        (None, true) => SubscriptionPlan::default(),
+        _ => SubscriptionPlan::new(&spec.subscriptions, held),
+    };
+    let mut in_flight = spec.book.clone().map(|book| PlanInFlight {
+        book,
+        held: plan.held.clone(),
+        queued: VecDeque::new(),
+        sent: HashMap::new(),
+    });
+    if let Err(e) = subscribe(&client, &plan, in_flight.as_mut()).await {
+        return never_up(
+            "cannot subscribe",
+            Some(e.to_string()),
+            format!("cannot subscribe on {addr}: {e}"),
+        );
+    }
+    if !plan.subscribe.is_empty() || !plan.unsubscribe.is_empty() {
+        tracing::info!(
+            link,
+            side,
+            role,
+            subscribe = plan.subscribe.len(),
+            unsubscribe = plan.unsubscribe.len(),
+            "bringing the session's subscriptions in line with the routes"
+        );
     }
     let connected_at = Instant::now();
     status.set_up(&addr, version);
@@ -634,7 +765,7 @@ async fn attempt(
             tracing::info!(link, side, role, %addr, first = %first, "the first address answers again: moving back to it");
             Some(format!("moving back to the first address {first}"))
         }
-        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake, &mut switch) => r,
+        r = drive(spec, &mut eventloop, events, stop, epoch, dead_after, status, &mut intake, &mut switch, &mut in_flight) => r,
         _ = reset.cancelled() => Some("reset by its owner: the destination did not acknowledge in time".to_string()),
         stuck_ms = watchdog(status, spec.keepalive) => {
             counter!(m::WATCHDOG_RESTARTS, &labels).increment(1);
@@ -720,6 +851,7 @@ async fn drive(
     status: &ConnStatus,
     intake: &mut Intake,
     switch: &mut Option<Version>,
+    plan: &mut Option<PlanInFlight>,
 ) -> Option<String> {
     let (link, side, role) = (spec.link.as_str(), spec.side.as_str(), spec.role.as_str());
     let mut last_heard = Instant::now();
@@ -755,10 +887,30 @@ async fn drive(
         }
         match &event {
             Event::Incoming(Packet::SubAck(ack)) => {
+                let mut ok = true;
                 for code in &ack.return_codes {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        ok = false;
                         tracing::error!(link, side, role, reason = ?code, "broker refused a subscription: check its ACL for this client id");
                     }
+                }
+                if let Some(plan) = plan.as_mut() {
+                    plan.answered(ack.pkid, ok, link);
+                }
+            }
+            Event::Incoming(Packet::UnsubAck(ack)) => {
+                // 3.1.1 has no reasons; v5's "no subscription existed" is done too.
+                let ok = ack
+                    .reasons
+                    .iter()
+                    .all(|r| matches!(r, UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted));
+                if let Some(plan) = plan.as_mut() {
+                    plan.answered(ack.pkid, ok, link);
+                }
+            }
+            Event::Outgoing(Outgoing::Subscribe(pkid)) | Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
+                if let Some(plan) = plan.as_mut() {
+                    plan.written(*pkid);
                 }
             }
             Event::Incoming(Packet::Disconnect(d)) => {
@@ -917,12 +1069,17 @@ impl Intake {
     }
 }
 
-async fn subscribe(client: &Client, subs: &[Subscription]) -> Result<(), Box<dyn std::error::Error>> {
-    let client = match client {
-        Client::V5(c) => c,
-        Client::V4(c) => {
-            // No subscription ids (ingest routes by topic), no retain-as-published.
-            for sub in subs {
+/// Queues the plan's requests, one packet per filter (each SUBSCRIBE carries
+/// its filter's own identifier), recording each in `in_flight` in order.
+async fn subscribe(
+    client: &Client,
+    plan: &SubscriptionPlan,
+    mut in_flight: Option<&mut PlanInFlight>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for sub in &plan.subscribe {
+        match client {
+            Client::V4(c) => {
+                // No subscription ids (ingest routes by topic), no retain-as-published.
                 let qos = if sub.qos == QoS::AtMostOnce {
                     rumqttc::QoS::AtMostOnce
                 } else {
@@ -930,19 +1087,31 @@ async fn subscribe(client: &Client, subs: &[Subscription]) -> Result<(), Box<dyn
                 };
                 c.subscribe(sub.filter.clone(), qos).await?;
             }
-            return Ok(());
+            Client::V5(c) => {
+                let mut filter = Filter::new(sub.filter.clone(), sub.qos);
+                // Retain-as-published: live retained messages keep their flag.
+                filter.preserve_retain = true;
+                filter.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
+                let props = SubscribeProperties {
+                    id: sub.id,
+                    user_properties: Vec::new(),
+                };
+                c.subscribe_many_with_properties([filter], props).await?;
+            }
         }
-    };
-    for sub in subs {
-        let mut filter = Filter::new(sub.filter.clone(), sub.qos);
-        // Retain-as-published: live retained messages keep their flag.
-        filter.preserve_retain = true;
-        filter.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
-        let props = SubscribeProperties {
-            id: Some(sub.id),
-            user_properties: Vec::new(),
-        };
-        client.subscribe_many_with_properties([filter], props).await?;
+        if let Some(f) = in_flight.as_deref_mut() {
+            f.queued
+                .push_back(Change::Subscribe(sub.filter.clone(), subscribed(sub)));
+        }
+    }
+    for filter in &plan.unsubscribe {
+        match client {
+            Client::V4(c) => c.unsubscribe(filter.clone()).await?,
+            Client::V5(c) => c.unsubscribe(filter.clone()).await?,
+        }
+        if let Some(f) = in_flight.as_deref_mut() {
+            f.queued.push_back(Change::Unsubscribe(filter.clone()));
+        }
     }
     Ok(())
 }
@@ -997,9 +1166,10 @@ mod tests {
                 .map(|i| Subscription {
                     filter: format!("t/{i}/#"),
                     qos: QoS::AtLeastOnce,
-                    id: i + 1,
+                    id: Some(i + 1),
                 })
                 .collect(),
+            book: None,
             will: None,
             window: None,
         }
@@ -1021,9 +1191,9 @@ mod tests {
     fn ingest_reserves_outgoing_slots_only_for_its_subscriptions() {
         let ingest = spec(Role::Ingest, 3, 1000).options("127.0.0.1", 1883);
         assert_eq!(ingest.receive_maximum(), Some(1000));
-        assert_eq!(ingest.get_outgoing_inflight_upper_limit(), Some(3));
+        assert_eq!(ingest.get_outgoing_inflight_upper_limit(), Some(22));
         let one = spec(Role::Ingest, 0, 1000);
-        assert_eq!(one.outgoing_inflight(), 1);
+        assert_eq!(one.outgoing_inflight(), 16);
         let small_window = spec(Role::Ingest, 8, 4);
         assert_eq!(small_window.outgoing_inflight(), 4);
         let drain = spec(Role::Drain, 0, 1000).options("127.0.0.1", 1883);

@@ -57,6 +57,8 @@ pub struct Ingest {
     pub link: String,
     pub direction: Direction,
     pub routes: Vec<Route>,
+    /// The subscription identifier of each route's filter (None: none).
+    pub route_ids: Vec<Option<usize>>,
     pub store: Store,
     pub queue: Queue,
     pub events: EventReceiver,
@@ -195,8 +197,11 @@ impl Ingest {
 
     /// The records a received message becomes: one per route it is for.
     /// With subscription identifiers (MQTT v5) the broker says which
-    /// subscriptions matched; without them, every route whose filter matches.
-    /// Routes whose mapped topic is invalid refuse the message (counted in `refused`).
+    /// subscriptions matched: the routes of those filters that match the
+    /// topic. Without them, or when they name no such route (an identifier
+    /// of an older config, still on its way), every route whose filter
+    /// matches. Routes whose mapped topic is invalid refuse the message
+    /// (counted in `refused`).
     fn route(&self, p: &Publish, refused: &mut usize) -> Vec<Record> {
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
             tracing::warn!(link = %self.link, direction = %self.direction, "ignoring a message whose topic is not UTF-8");
@@ -209,16 +214,19 @@ impl Ingest {
             .unwrap_or(&[]);
         let received_at_ms = m::now_ms();
         let properties = p.properties.as_ref().map(carry_properties).unwrap_or_default();
+        let named = |i: usize| {
+            self.route_ids
+                .get(i)
+                .copied()
+                .flatten()
+                .is_some_and(|id| ids.contains(&id))
+        };
+        let matching = |r: &Route| crate::topic::matches(r.source_filter(), topic);
+        let by_id = self.routes.iter().enumerate().any(|(i, r)| named(i) && matching(r));
         self.routes
             .iter()
             .enumerate()
-            .filter(|(i, r)| {
-                if ids.is_empty() {
-                    crate::topic::matches(r.source_filter(), topic)
-                } else {
-                    ids.contains(&(i + 1))
-                }
-            })
+            .filter(|(i, r)| matching(r) && (!by_id || named(*i)))
             .filter_map(|(_, r)| {
                 let dest = r.map_to_dest(topic)?;
                 if let Err(reason) = crate::topic::validate_topic(&dest) {

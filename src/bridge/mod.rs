@@ -107,19 +107,22 @@ pub fn spawn_half(
         let connection_stop = CancellationToken::new();
         match half {
             Half::Ingest => {
-                // Subscribe at QoS <= 1: rumqttc forgets incoming QoS 2 state on
-                // reconnect and would reject the broker's PUBREL retransmission.
-                // The destination still gets the route's QoS.
-                let subscriptions = routes
+                let subscriptions = ingest_subscriptions(link, store, &source_ep.client_id, &routes);
+                let route_ids = routes
                     .iter()
-                    .enumerate()
-                    .map(|(i, r)| Subscription {
-                        filter: r.source_filter().to_string(),
-                        qos: if r.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
-                        id: i + 1,
+                    .map(|r| {
+                        subscriptions
+                            .iter()
+                            .find(|s| s.filter == r.source_filter())
+                            .and_then(|s| s.id)
                     })
                     .collect();
-                let spec = connection_spec(link, source_side, Role::Ingest, source_ep, subscriptions);
+                let book = connection::Book {
+                    store: store.clone(),
+                    client_id: source_ep.client_id.clone(),
+                };
+                let mut spec = connection_spec(link, source_side, Role::Ingest, source_ep, subscriptions);
+                spec.book = Some(book);
                 let status = ConnStatus::new(direction, source_side, Role::Ingest);
                 connections.push(status.clone());
                 tasks.spawn(connection_task(spec, events_tx, connection_stop.clone(), status));
@@ -128,6 +131,7 @@ pub fn spawn_half(
                     link: link.name.clone(),
                     direction,
                     routes,
+                    route_ids,
                     store: store.clone(),
                     queue: queue.clone(),
                     events: events_rx,
@@ -177,6 +181,42 @@ pub fn spawn_half(
     connections
 }
 
+/// The subscriptions of an ingest connection: one per distinct filter its
+/// routes read, with the filter's stable identifier from the store (see
+/// `store::sessions`). Subscribed at QoS <= 1: rumqttc forgets incoming QoS 2
+/// state on reconnect and would reject the broker's PUBREL retransmission;
+/// the destination still gets the route's QoS. Where the store cannot give
+/// identifiers, none are used: ingest then routes by filter alone.
+fn ingest_subscriptions(
+    link: &LinkConfig,
+    store: &Store,
+    client_id: &str,
+    routes: &[crate::config::Route],
+) -> Vec<Subscription> {
+    let mut filters: Vec<(String, QoS)> = Vec::new();
+    for r in routes {
+        let qos = if r.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        match filters.iter_mut().find(|(f, _)| f == r.source_filter()) {
+            Some((_, q)) if qos == QoS::AtLeastOnce => *q = qos,
+            Some(_) => {}
+            None => filters.push((r.source_filter().to_string(), qos)),
+        }
+    }
+    let names: Vec<String> = filters.iter().map(|(f, _)| f.clone()).collect();
+    let ids = store.subscription_ids(client_id, &names).unwrap_or_else(|e| {
+        tracing::error!(link = %link.name, error = %e, "cannot read or keep subscription identifiers; routing by filter alone");
+        Default::default()
+    });
+    filters
+        .into_iter()
+        .map(|(filter, qos)| Subscription {
+            id: ids.get(&filter).map(|id| *id as usize),
+            filter,
+            qos,
+        })
+        .collect()
+}
+
 /// The settings of one of the link's connections.
 pub fn connection_spec(
     link: &LinkConfig,
@@ -196,6 +236,7 @@ pub fn connection_spec(
         inflight: link.inflight,
         max_packet_bytes: link.max_message_bytes.saturating_add(64 * 1024),
         subscriptions,
+        book: None,
         will: None,
         window: None,
     }

@@ -81,6 +81,7 @@ mod ledger;
 pub(crate) mod model;
 mod queue;
 pub mod record;
+mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -92,6 +93,7 @@ pub use budget::{
     auto_max_bytes, dir_size, free_bytes, BudgetView, Limits as BudgetLimits, MaxBytes, DEFAULT_RESERVE_BYTES,
 };
 pub use queue::{Queue, Scanned};
+pub use sessions::{SessionBook, Subscribed};
 
 /// What a queue does when a bound is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
