@@ -291,7 +291,7 @@ pub fn peek(cfg: &Config, link: &str, direction: Direction, n: usize, out: &mut 
                 r.qos.to_string(),
                 if r.retain { "yes" } else { "no" }.to_string(),
                 r.payload.len().to_string(),
-                r.topic.clone(),
+                escape_controls(&r.topic),
                 preview(&r.payload),
             ],
             Err(e) => vec![
@@ -321,7 +321,7 @@ pub fn export(cfg: &Config, link: &str, direction: Direction, out: &mut dyn Writ
     for item in queue.scan(0) {
         let Scanned { seq, record, .. } = item.with_context(|| format!("cannot read queue {name}"))?;
         let line = match record {
-            Ok(r) => export_line(seq, &r),
+            Ok(r) => json_line(&export_line(seq, &r)),
             Err(e) => {
                 eprintln!("{name}: seq {seq}: damaged record skipped: {e}");
                 damaged += 1;
@@ -432,6 +432,37 @@ fn when(at_ms: Option<u64>, now: u64) -> String {
         ),
         None => "-".to_string(),
     }
+}
+
+/// `text` with every control character (C0, DEL, C1) written as an escape
+/// (`\n`, `\u{1b}`), so a topic cannot move the cursor or recolour the
+/// operator's terminal.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A JSON value on one line with no raw control character: serde_json
+/// escapes C0 but writes DEL and C1 (such as U+009B, a terminal's CSI) as they are.
+fn json_line(value: &serde_json::Value) -> String {
+    value
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A payload preview: printable UTF-8 in quotes, cut at 40 characters with
@@ -605,6 +636,29 @@ mod tests {
         assert_eq!(topics, ["t/0", "t/2"]);
         let shown = text(|out| peek(&cfg, "a", Direction::Out, 10, out)).unwrap();
         assert!(shown.contains("(damaged record: checksum mismatch)"), "{shown}");
+    }
+
+    #[test]
+    fn peek_and_export_escape_control_characters_in_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let q = store.queue("a/out", QueueLimits::UNBOUNDED).unwrap();
+            let mut r = record(1);
+            r.topic = "t/\u{1b}[2J\nfake row\u{9b}31m".into();
+            r.payload = b"\x1b]0;title\x07".to_vec();
+            q.append(&[r]).unwrap();
+            store.checkpoint().unwrap();
+        }
+        let shown = text(|out| peek(&cfg, "a", Direction::Out, 10, out)).unwrap();
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'), "{shown:?}");
+        assert_eq!(shown.lines().count(), 3, "a summary, a header and one row: {shown:?}");
+        assert!(shown.contains("t/\\u{1b}[2J\\nfake row\\u{9b}31m"), "{shown:?}");
+        let exported = text(|out| export(&cfg, "a", Direction::Out, out)).unwrap();
+        assert!(!exported.trim_end().chars().any(char::is_control), "{exported:?}");
+        let line: serde_json::Value = serde_json::from_str(exported.trim_end()).unwrap();
+        assert_eq!(line["topic"], "t/\u{1b}[2J\nfake row\u{9b}31m");
     }
 
     #[test]
