@@ -388,3 +388,42 @@ fn ferry_check_accepts_the_configmaps_ferry_toml() {
     );
     assert!(said.contains("fleet     3 shards"), "{said}");
 }
+
+/// The `KEY` line of the Dockerfile's runtime stage (the last `FROM`), its arguments.
+fn dockerfile_runtime(key: &str) -> String {
+    let text = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"));
+    let runtime = text.rsplit("\nFROM ").next().unwrap_or(&text);
+    runtime
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("Dockerfile's runtime stage has no {key}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_statefulset_runs_the_image_the_dockerfile_builds() {
+    let statefulset = kubernetes_file("statefulset.yaml");
+    let image = yaml_value(&statefulset, "containers:", "image");
+    assert_eq!(
+        image,
+        format!("ferry:{}", env!("CARGO_PKG_VERSION")),
+        "the image is the Dockerfile's, tagged with the crate's version"
+    );
+    let user = dockerfile_runtime("USER");
+    let uid = user.split(':').next().unwrap_or(&user);
+    assert_eq!(yaml_value(&statefulset, "securityContext:", "runAsUser"), uid);
+    assert_eq!(
+        yaml_value(&statefulset, "securityContext:", "runAsGroup"),
+        user.split(':').nth(1).unwrap_or(uid)
+    );
+    assert_eq!(dockerfile_runtime("VOLUME"), "[\"/var/lib/ferry\"]");
+    assert_eq!(yaml_value(&statefulset, "- name: data", "mountPath"), "/var/lib/ferry");
+    let args = yaml_value(&statefulset, "containers:", "args");
+    assert_eq!(
+        args,
+        dockerfile_runtime("CMD"),
+        "the StatefulSet's args are the image's CMD"
+    );
+    assert!(dockerfile_runtime("ENTRYPOINT").contains("/usr/local/bin/ferry"));
+}
